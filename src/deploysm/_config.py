@@ -1,0 +1,212 @@
+"""The configuration a user writes: transitions, timeouts, hooks and the config itself.
+
+A config may be given as the dataclasses below or as plain mappings with the
+same (snake_case) keys; :func:`coerce_config` turns either into dataclasses and
+collects every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random as _random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._clock import Clock
+from ._effects import Effect
+from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ._definition import Definition
+
+__all__ = ["Hooks", "StateMachineConfig", "TimeoutConfig", "Transition"]
+
+S = TypeVar("S", bound=str)
+E = TypeVar("E", bound=str)
+C = TypeVar("C")
+
+Guard = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition(Generic[S, E]):
+    """``A --event--> B``; ``from_`` may name several states. The first transition
+    (in declaration order) whose guard passes is taken."""
+
+    from_: S | Sequence[S]
+    to: S
+    event: E
+    guard: Guard | None = None
+    effect: Effect[Any] | None = None
+
+    @property
+    def sources(self) -> tuple[S, ...]:
+        f = self.from_
+        if isinstance(f, str):
+            return (f,)
+        return tuple(f)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutConfig:
+    """Timeouts in milliseconds; ``None`` means no limit.
+
+    ``timeout_event`` is dispatched when ``state_timeout_ms`` runs out.
+    """
+
+    state_timeout_ms: float | None = None
+    transition_timeout_ms: float | None = None
+    effect_timeout_ms: float | None = None
+    timeout_event: str | None = None
+
+
+HOOK_NAMES = (
+    "on_state_enter",
+    "on_state_exit",
+    "on_transition",
+    "on_error",
+    "on_retry",
+    "on_complete",
+    "on_cancel",
+    "on_metric",
+    "on_log",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """Observability hooks; each may be sync or async. A hook that raises is logged
+    and never changes the machine."""
+
+    on_state_enter: Callable[..., Any] | None = None
+    on_state_exit: Callable[..., Any] | None = None
+    on_transition: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
+    on_retry: Callable[..., Any] | None = None
+    on_complete: Callable[..., Any] | None = None
+    on_cancel: Callable[..., Any] | None = None
+    on_metric: Callable[..., Any] | None = None
+    on_log: Callable[..., Any] | None = None
+
+
+@dataclass(eq=False)
+class StateMachineConfig(Generic[S, E, C]):
+    """A workflow definition. Build one and share it between many machines."""
+
+    id: str
+    initial_state: S
+    states: Sequence[S]
+    events: Sequence[E]
+    transitions: Sequence[Transition[S, E] | Mapping[str, Any]]
+    effects: Mapping[S, Effect[Any]] | None = None
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+    timeout: TimeoutConfig | Mapping[str, Any] | None = None
+    hooks: Hooks | Mapping[str, Any] | None = None
+    persist_state: Callable[..., Any] | None = None
+    load_state: Callable[..., Any] | None = None
+    final_states: Sequence[S] | None = None
+    clock: Clock | None = None
+    random: _random.Random | None = None
+    validate_context: Callable[..., Any] | None = None
+    compensated_state: S | None = None
+    compensate_on_failure: bool = False
+    store: Any = None
+    redact_keys: Sequence[str] | None = None
+    _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
+
+
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(StateMachineConfig) if f.init)
+_REQUIRED = ("id", "initial_state", "states", "events", "transitions")
+
+
+def coerce_config(raw: Any) -> tuple[StateMachineConfig[Any, Any, Any] | None, list[str]]:
+    """Turn a config or mapping into a ``StateMachineConfig``; list every problem."""
+    problems: list[str] = []
+    if isinstance(raw, StateMachineConfig):
+        values = {name: getattr(raw, name) for name in _CONFIG_FIELDS}
+    elif isinstance(raw, Mapping):
+        unknown = sorted(str(k) for k in raw if k not in _CONFIG_FIELDS)
+        if unknown:
+            problems.append(f"unknown config field(s): {', '.join(unknown)}")
+        values = {k: raw.get(k) for k in _CONFIG_FIELDS if k in raw}
+    else:
+        return None, [f"config must be a StateMachineConfig or a mapping, not {type(raw).__name__}"]
+
+    for name in _REQUIRED:
+        if values.get(name) is None:
+            problems.append(f"missing required field: {name}")
+    if problems and any(values.get(n) is None for n in _REQUIRED):
+        return None, problems
+
+    transitions: list[Transition[Any, Any]] = []
+    raw_transitions = values["transitions"]
+    if isinstance(raw_transitions, str | bytes) or not isinstance(raw_transitions, Sequence):
+        problems.append("transitions must be a list")
+        raw_transitions = []
+    for i, t in enumerate(raw_transitions):
+        tr, errs = _coerce_transition(t, i)
+        problems.extend(errs)
+        if tr is not None:
+            transitions.append(tr)
+    values["transitions"] = transitions
+
+    for name, kind in (("states", "state"), ("events", "event")):
+        seq = values[name]
+        if isinstance(seq, str | bytes) or not isinstance(seq, Sequence | set | frozenset):
+            problems.append(f"{name} must be a list of {kind} names")
+            values[name] = []
+        else:
+            values[name] = list(seq)
+
+    try:
+        values["retry_policy"] = RetryPolicy.coerce(values.get("retry_policy"))
+    except (TypeError, ValueError) as e:
+        problems.append(f"retry_policy: {e}")
+        values["retry_policy"] = None
+    values["timeout"] = _coerce_dataclass(TimeoutConfig, values.get("timeout"), "timeout", problems)
+    values["hooks"] = _coerce_dataclass(Hooks, values.get("hooks"), "hooks", problems)
+
+    effects = values.get("effects")
+    if effects is not None and not isinstance(effects, Mapping):
+        try:
+            effects = dict(effects)
+        except (TypeError, ValueError):
+            problems.append("effects must be a mapping of state name to effect")
+            effects = None
+    values["effects"] = effects
+    return StateMachineConfig(**values), problems
+
+
+def transitions_of(cfg: StateMachineConfig[Any, Any, Any]) -> list[Transition[Any, Any]]:
+    """The transitions of a coerced config (mappings were turned into ``Transition``)."""
+    return [t for t in cfg.transitions if isinstance(t, Transition)]
+
+
+def _coerce_transition(t: Any, i: int) -> tuple[Transition[Any, Any] | None, list[str]]:
+    if isinstance(t, Transition):
+        return t, []
+    if not isinstance(t, Mapping):
+        return None, [f"transitions[{i}] must be a Transition or a mapping, not {type(t).__name__}"]
+    allowed = {"from", "from_", "to", "event", "guard", "effect"}
+    errs = [f"transitions[{i}] has unknown key {k!r}" for k in t if k not in allowed]
+    src = t.get("from", t.get("from_"))
+    for key, val in (("from", src), ("to", t.get("to")), ("event", t.get("event"))):
+        if val is None:
+            errs.append(f"transitions[{i}] is missing '{key}'")
+    if errs:
+        return None, errs
+    return Transition(src, t["to"], t["event"], t.get("guard"), t.get("effect")), []
+
+
+def _coerce_dataclass(cls: Any, value: Any, name: str, problems: list[str]) -> Any:
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            problems.append(f"{name} has unknown field(s): {', '.join(unknown)}")
+        return cls(**{k: v for k, v in value.items() if k in known})
+    problems.append(f"{name} must be a {cls.__name__} or a mapping, not {type(value).__name__}")
+    return None

@@ -1,0 +1,126 @@
+"""A machine's snapshots: building, persisting and restoring them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from ._codec import decode_context, jsonable
+from ._definition import Definition
+from ._effects import call_maybe_async
+from ._errors import ErrorCode, StateMachineError
+from ._snapshot import SerializableState
+from ._timeouts import uninterrupted
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["build_snapshot", "persist", "rehydrate"]
+
+
+def build_snapshot(m: StateMachine[Any, Any, Any]) -> SerializableState:
+    """The machine as a snapshot, its context encoded to JSON-safe data (a copy)."""
+    d = m._def
+    flight = m._in_flight
+    return SerializableState(
+        current_state=m._state,
+        context=jsonable(m._ctx),
+        history=list(m._history),
+        metrics=m.get_metrics(),
+        version=m._version,
+        machine_id=m._machine_id,
+        definition_id=d.id,
+        fingerprint=d.fingerprint,
+        status=m._status,
+        in_flight=dataclasses.replace(flight) if flight is not None else None,
+        committed_effects=list(m._committed),
+        last_error=dict(m._last_error) if m._last_error else None,
+        state_deadline=m._state_deadline,
+    )
+
+
+async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineError | None:
+    """Write the snapshot if persistence is configured; return the error if that failed.
+
+    ``bump`` counts the write as a change of its own (intents, failures). A write,
+    once started, is not cut short by cancellation."""
+    write = m._def.persist_state
+    if write is None:
+        return None
+    if bump:
+        m._version += 1
+    try:
+        snap = build_snapshot(m)
+        await uninterrupted(call_maybe_async(write, snap))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        obs = m._def.observer
+        err = StateMachineError(
+            f"could not persist machine {m._machine_id!r}: {obs.error_text(e)}",
+            ErrorCode.PERSISTENCE_ERROR,
+            state=m._state.name,
+        )
+        err.__cause__ = e
+        if obs.enabled("error"):
+            await obs.log("error", err.message, {"machine_id": m._machine_id})
+        return err
+    return None
+
+
+def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any) -> None:
+    """Restore ``snapshot`` into ``m``; a bad one raises ``INVALID_SNAPSHOT`` and
+    leaves ``m`` untouched (every check runs before the first assignment)."""
+    snap = SerializableState.coerce(snapshot)
+    d = m._def
+    bad = snapshot_problem(snap, d, m._machine_id if m._explicit_id else None)
+    if bad:
+        raise StateMachineError(f"snapshot does not fit this machine: {bad}", "INVALID_SNAPSHOT")
+    try:
+        ctx = decode_context(snap.context, m._ctx)
+    except Exception as e:
+        err = StateMachineError(f"snapshot context is invalid: {e}", ErrorCode.INVALID_SNAPSHOT)
+        raise err from e
+    lock = m._lock
+    if lock is not None and lock.locked():
+        raise StateMachineError("cannot rehydrate while a transition runs", "BUSY")
+    m._ctx = ctx
+    m._machine_id = snap.machine_id
+    m._state = snap.current_state
+    m._history = list(snap.history)
+    m._metrics = snap.metrics
+    m._version = snap.version
+    m._status = snap.status
+    m._in_flight = snap.in_flight
+    m._committed = list(snap.committed_effects)
+    m._last_error = snap.last_error
+    m._cancel_requested = snap.status == "cancelled"
+    m.stop_state_timer()
+    if snap.status == "active" and d.state_timeout_s is not None and not m.is_final():
+        m.arm_state_timer(snap.state_deadline)
+
+
+def snapshot_problem(snap: SerializableState, d: Definition, machine_id: str | None) -> str | None:
+    """Why ``snap`` cannot belong to a machine of ``d`` (``None`` when it can)."""
+    if snap.definition_id != d.id:
+        return f"it belongs to definition {snap.definition_id!r}, not {d.id!r}"
+    if snap.fingerprint != d.fingerprint:
+        return "the definition's states, events or transitions changed since it was written"
+    if machine_id is not None and snap.machine_id != machine_id:
+        return f"it is machine {snap.machine_id!r}, not {machine_id!r}"
+    names = [snap.current_state.name, *(s.name for s in snap.history)]
+    names += [v.state for v in snap.metrics.states]
+    names += [c.state for c in snap.committed_effects]
+    if snap.in_flight is not None:
+        names += [snap.in_flight.from_state, snap.in_flight.to_state]
+        idx = snap.in_flight.transition_index
+        if idx >= len(d.effect_by_index) or d.effect_by_index[idx] is None:
+            return f"in-flight transition #{idx} has no effect in this definition"
+    for c in snap.committed_effects:
+        if c.transition_index >= len(d.effect_by_index):
+            return f"committed effect names unknown transition #{c.transition_index}"
+    unknown = sorted({n for n in names if n not in d.state_set})
+    if unknown:
+        return f"it names unknown state(s) {unknown}"
+    return None

@@ -1,0 +1,373 @@
+"""The state machine: choice of transition, commit, lifecycle, snapshots.
+
+Effects with retries, timeouts and rollback run in :mod:`._runner`;
+compensation lives in :mod:`._saga`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from . import _durability as durability
+from . import _lifecycle as lifecycle
+from . import _timers as timers
+from ._clock import SYSTEM_CLOCK, reset_clock, use_clock
+from ._commit import commit
+from ._config import StateMachineConfig
+from ._definition import CompiledTransition, Definition, compile_config
+from ._effects import call_maybe_async
+from ._errors import ErrorCode, StateMachineError, TransitionError
+from ._events import coerce_event
+from ._saga import CompensationResult, compensate_locked
+from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
+from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
+
+__all__ = ["StateMachine", "create_state_machine"]
+
+S = TypeVar("S", bound=str)
+E = TypeVar("E", bound=str)
+C = TypeVar("C")
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+class StateMachine(Generic[S, E, C]):
+    """One running workflow. Build it with :func:`create_state_machine`."""
+
+    __slots__ = (
+        "__weakref__",
+        "_cancel_requested",
+        "_cancellable",
+        "_committed",
+        "_ctx",
+        "_def",
+        "_explicit_id",
+        "_history",
+        "_in_flight",
+        "_last_error",
+        "_lock",
+        "_machine_id",
+        "_metrics",
+        "_owner",
+        "_state",
+        "_state_deadline",
+        "_state_timer",
+        "_status",
+        "_version",
+    )
+
+    def __init__(self, definition: Definition, context: C, machine_id: str | None = None) -> None:
+        self._def = definition
+        self._ctx = context
+        self._explicit_id = machine_id is not None
+        self._machine_id: str = machine_id if machine_id is not None else definition.id
+        now = definition.clock.now()
+        self._state: State[S] = State(definition.initial, _EMPTY, now, 0)  # type: ignore[arg-type]
+        self._history: list[State[S]] = []
+        self._metrics = StateMachineMetrics(
+            states=[StateMetrics(definition.initial, now)], current_state=definition.initial
+        )
+        self._version = 0
+        self._status: Status = "active"
+        self._lock: asyncio.Lock | None = None
+        self._owner: asyncio.Task[Any] | None = None
+        self._cancellable = False
+        self._cancel_requested = False
+        self._in_flight: InFlight | None = None
+        self._committed: list[CommittedEffect] = []
+        self._last_error: dict[str, Any] | None = None
+        self._state_deadline: Any = None
+        self._state_timer: asyncio.Task[None] | None = None
+        if definition.state_timeout_s is not None:
+            timers.arm(self)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def config(self) -> StateMachineConfig[S, E, C]:
+        return self._def.config
+
+    @property
+    def machine_id(self) -> str:
+        return self._machine_id
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def get_state(self) -> State[S]:
+        return self._state
+
+    def get_context(self) -> C:
+        return self._ctx
+
+    def update_context(self, fn: Any) -> C:
+        """Apply ``fn(context)``; if it returns a value, that becomes the context."""
+        result = fn(self._ctx)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError("update_context takes a plain function, not a coroutine function")
+        if result is not None:
+            self._ctx = result
+        return self._ctx
+
+    def get_history(self) -> list[State[S]]:
+        return list(self._history)
+
+    def get_metrics(self) -> StateMachineMetrics:
+        m = self._metrics
+        copy = dataclasses.replace(m, states=[dataclasses.replace(v) for v in m.states])
+        visits = m.states
+        if visits:
+            last = visits[-1]
+            end = last.entered_at if self._status != "active" else self._def.clock.now()
+            copy.total_duration_ms = (end - visits[0].entered_at).total_seconds() * 1000.0
+        return copy
+
+    def available_transitions(self) -> list[CompiledTransition]:
+        """The transitions the current state accepts, in declaration order."""
+        by_event = self._def.index.get(self._state.name, {})
+        return sorted((t for ts in by_event.values() for t in ts), key=lambda t: t.index)
+
+    def available_events(self) -> list[str]:
+        """The events the current state has a transition for (guards not evaluated)."""
+        by_event = self._def.index.get(self._state.name, {})
+        return [e for e in self._def.events if e in by_event]
+
+    def is_final(self) -> bool:
+        return self._state.name in self._def.finals
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def dispatch(self, event: Event[E] | E | Mapping[str, Any]) -> TransitionResult[S]:
+        """Send one event. Concurrent calls run one after another, in arrival order.
+
+        Failed effects, refused transitions and cancellation come back as a result
+        with ``success=False``; bad input and a finished machine raise."""
+        ev = coerce_event(event, self._def.clock)
+        if self._state_deadline is not None and self._state_timer is None:
+            timers.arm(self, self._state_deadline)
+        lock = self._lock
+        if lock is None:
+            lock = self.lock()
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            raise StateMachineError(
+                "dispatch() called from inside this machine's own transition would deadlock; "
+                "name the next event as the transition's outcome or dispatch from another task",
+                ErrorCode.STATE_MACHINE_ERROR,
+            )
+        clock = self._def.clock
+        token = use_clock(clock) if clock is not SYSTEM_CLOCK else None
+        try:
+            async with lock:
+                self._owner = task
+                try:
+                    return await self._dispatch_locked(ev)
+                finally:
+                    self._owner = None
+        finally:
+            if token is not None:
+                reset_clock(token)
+
+    def check_active(self) -> None:
+        if self._cancel_requested or self._status == "cancelled":
+            raise StateMachineError(
+                "the machine was cancelled", ErrorCode.CANCELLED, state=self._state.name
+            )
+        if self._status == "needs_attention":
+            raise StateMachineError(
+                f"machine {self._machine_id!r} needs an operator: resolve() it first",
+                ErrorCode.NEEDS_ATTENTION,
+                state=self._state.name,
+            )
+        if self._status != "active":
+            raise StateMachineError(
+                f"machine {self._machine_id!r} is {self._status}; it takes no more events",
+                ErrorCode.NOT_ACTIVE,
+                state=self._state.name,
+            )
+        if self._in_flight is not None:
+            raise StateMachineError(
+                f"machine {self._machine_id!r} has an unfinished transition "
+                f"({self._in_flight.from_state} -> {self._in_flight.to_state}): resume() it first",
+                ErrorCode.NEEDS_ATTENTION,
+                state=self._state.name,
+            )
+
+    async def _dispatch_locked(self, ev: Event[Any]) -> TransitionResult[S]:
+        self.check_active()
+        d = self._def
+        state = self._state
+        candidates = d.index.get(state.name, _EMPTY).get(ev.type)
+        if not candidates:
+            why = "unknown event" if ev.type not in d.event_set else "no transition"
+            return await self._refuse(
+                TransitionError(
+                    f"{why}: {state.name!r} has no transition on {ev.type!r}",
+                    state=state.name,
+                    reason="no_transition",
+                    event=ev.type,
+                )
+            )
+        chosen: CompiledTransition | None = None
+        guard_error: Exception | None = None
+        ctx = self._ctx
+        for ct in candidates:
+            guard = ct.guard
+            if guard is None:
+                chosen = ct
+                break
+            try:
+                ok = guard(ctx, ev)
+                if inspect.isawaitable(ok):
+                    ok = await ok
+            except Exception as e:
+                guard_error = e
+                continue
+            if ok:
+                chosen = ct
+                break
+        if chosen is None:
+            err = TransitionError(
+                f"every guard refused {ev.type!r} in {state.name!r}",
+                state=state.name,
+                reason="guard",
+                event=ev.type,
+            )
+            err.__cause__ = guard_error
+            return await self._refuse(err)
+        if d.validate_context is not None:
+            refused = await self._check_context()
+            if refused is not None:
+                return await self._refuse(refused)
+        eff = chosen.effect
+        if eff is None:
+            return await commit(self, chosen, ev, None, 0, 0, None)
+        from ._runner import run_transition
+
+        return await run_transition(self, chosen, ev, eff)
+
+    async def _check_context(self) -> StateMachineError | None:
+        fn = self._def.validate_context
+        assert fn is not None
+        cause: Exception | None = None
+        try:
+            ok = await call_maybe_async(fn, self._ctx)
+        except Exception as e:
+            ok, cause = False, e
+        if ok:
+            return None
+        err = StateMachineError(
+            "the context failed validation; the transition was refused",
+            ErrorCode.INVALID_CONTEXT,
+            state=self._state.name,
+        )
+        err.__cause__ = cause
+        return err
+
+    async def _refuse(self, error: StateMachineError) -> TransitionResult[S]:
+        obs = self._def.observer
+        if obs.enabled("warning"):
+            await obs.log(
+                "warning",
+                f"transition refused: {obs.error_text(error)}",
+                {"machine_id": self._machine_id, "state": self._state.name, "code": error.code},
+            )
+        return TransitionResult(False, self._state, error)
+
+    # ------------------------------------------------------------------ durability
+
+    @property
+    def durable(self) -> bool:
+        return self._def.persist_state is not None
+
+    def snapshot(self) -> SerializableState:
+        """The machine as a snapshot, its context encoded to JSON-safe data."""
+        return durability.build_snapshot(self)
+
+    async def persist(self, *, bump: bool = False) -> StateMachineError | None:
+        """Write the snapshot if persistence is configured; the error if that failed."""
+        return await durability.persist(self, bump)
+
+    async def serialize(self) -> SerializableState:
+        return durability.build_snapshot(self)
+
+    async def rehydrate(self, snapshot: SerializableState | Mapping[str, Any] | str) -> None:
+        """Restore a snapshot; a bad one raises ``INVALID_SNAPSHOT`` and changes nothing."""
+        durability.rehydrate(self, snapshot)
+
+    def arm_state_timer(self, deadline: datetime | None = None) -> None:
+        timers.arm(self, deadline)
+
+    def stop_state_timer(self) -> None:
+        timers.stop(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def complete(self) -> None:
+        """Mark the workflow complete (reaching a final state does this by itself)."""
+        await lifecycle.complete(self)
+
+    async def fail(self, error: BaseException | str | None = None) -> None:
+        """Mark the workflow failed; with ``compensate_on_failure`` undo committed effects."""
+        await lifecycle.fail(self, error)
+
+    async def cancel(self) -> None:
+        """Stop a running effect (rolled back if not idempotent), then refuse all events."""
+        await lifecycle.cancel(self)
+
+    async def compensate(self) -> CompensationResult:
+        """Run the rollbacks of all committed non-idempotent effects, newest first."""
+        async with self.lock():
+            return await compensate_locked(self)
+
+    def lock(self) -> asyncio.Lock:
+        """The lock that keeps this machine's transitions one at a time."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # ------------------------------------------------------------------ errors & timers
+
+    def error_record(self, error: BaseException) -> dict[str, Any]:
+        return {
+            "type": type(error).__name__,
+            "code": getattr(error, "code", None),
+            "message": self._def.observer.error_text(error),
+            "state": self._state.name,
+        }
+
+    async def report_error(self, error: BaseException) -> None:
+        d = self._def
+        if d.hooks.on_error is not None:
+            await d.observer.call("on_error", d.hooks.on_error, error, self._state, self._ctx)
+        obs = d.observer
+        if obs.enabled("error"):
+            await obs.log(
+                "error",
+                f"{type(error).__name__} in {self._state.name}: {obs.error_text(error)}",
+                {"machine_id": self._machine_id, "code": getattr(error, "code", None)},
+            )
+
+
+def create_state_machine(
+    config: StateMachineConfig[S, E, C] | Mapping[str, Any],
+    context: C,
+    machine_id: str | None = None,
+) -> StateMachine[S, E, C]:
+    """Build a machine; a bad config raises ``INVALID_CONFIG`` listing every problem."""
+    definition = compile_config(config)
+    if machine_id is not None and (not isinstance(machine_id, str) or not machine_id):
+        raise StateMachineError("machine_id must be a non-empty string", ErrorCode.INVALID_CONFIG)
+    return StateMachine(definition, context, machine_id)

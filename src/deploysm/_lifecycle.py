@@ -1,0 +1,83 @@
+"""Ending a machine: complete, fail, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from . import _timers as timers
+from ._errors import StateMachineError
+from ._saga import compensate_locked
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["cancel", "complete", "fail", "finish_cancel", "finish_complete"]
+
+
+async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
+    m._status = "completed"
+    m._metrics.is_complete = True
+    timers.stop(m)
+    hooks = m._def.hooks
+    if hooks.on_complete is not None:
+        await m._def.observer.call(
+            "on_complete", hooks.on_complete, m._state, m._ctx, m.get_metrics()
+        )
+
+
+async def complete(m: StateMachine[Any, Any, Any]) -> None:
+    async with m.lock():
+        if m._status == "completed":
+            return
+        m.check_active()
+        await finish_complete(m)
+        await _persist_or_raise(m)
+
+
+async def fail(m: StateMachine[Any, Any, Any], error: BaseException | str | None) -> None:
+    err = error if isinstance(error, BaseException) else StateMachineError(str(error or "failed"))
+    async with m.lock():
+        if m._status == "failed":
+            return
+        m.check_active()
+        m._status = "failed"
+        m._metrics.is_failed = True
+        timers.stop(m)
+        m._last_error = m.error_record(err)
+        await m.report_error(err)
+        if m._def.compensate_on_failure:
+            await compensate_locked(m)
+        await _persist_or_raise(m)
+
+
+async def cancel(m: StateMachine[Any, Any, Any]) -> None:
+    if m._status == "cancelled":
+        return
+    m._cancel_requested = True
+    owner = m._owner
+    if owner is not None and m._cancellable and not owner.done():
+        owner.cancel()
+        if owner is asyncio.current_task():  # cancelled from inside its own effect
+            return
+    async with m.lock():
+        await finish_cancel(m)
+
+
+async def finish_cancel(m: StateMachine[Any, Any, Any]) -> None:
+    """Record the cancellation: ``on_cancel``, then a durable write."""
+    if m._status == "cancelled":
+        return
+    m._status = "cancelled"
+    m._metrics.is_cancelled = True
+    timers.stop(m)
+    hooks = m._def.hooks
+    if hooks.on_cancel is not None:
+        await m._def.observer.call("on_cancel", hooks.on_cancel, m._state, m._ctx)
+    await m.persist(bump=True)
+
+
+async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
+    err = await m.persist(bump=True)
+    if err is not None:
+        raise err

@@ -1,0 +1,365 @@
+"""Running a transition's effect: intent, attempts, timeouts, retries, rollback, outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._commit import commit
+from ._definition import CompiledTransition
+from ._effects import Effect, call_maybe_async, to_effect_result
+from ._errors import (
+    EffectError,
+    ErrorCode,
+    RetryExhaustedError,
+    StateMachineError,
+    TimeoutError,
+)
+from ._lifecycle import finish_cancel
+from ._snapshot import InFlight
+from ._timeouts import deadline, uninterrupted
+from ._types import EffectResult, Event, State, TransitionResult
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["run_transition"]
+
+
+class _Run:
+    """The bookkeeping of one logical transition across its attempts."""
+
+    __slots__ = (
+        "attempt",
+        "errors",
+        "in_attempt",
+        "last_error",
+        "last_result",
+        "prev_delay_ms",
+        "unrolled",
+    )
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self.last_result: EffectResult | None = None
+        self.prev_delay_ms: float | None = None
+        self.unrolled = False  # a non-idempotent attempt started and is not rolled back
+        self.in_attempt = False  # an attempt is running right now
+
+
+def new_key(m: StateMachine[Any, Any, Any]) -> str:
+    return f"{m._machine_id}:{m._def.random.getrandbits(96):024x}"
+
+
+async def run_transition(
+    m: StateMachine[Any, Any, Any], ct: CompiledTransition, ev: Event[Any], eff: Effect[Any]
+) -> TransitionResult[Any]:
+    """Run ``eff`` for ``ct`` with the intent written first; commit or fail."""
+    d = m._def
+    key = new_key(m)
+    m._in_flight = InFlight(m._state.name, ct.to, ev, ct.index, 1, key, d.clock.now())
+    if m.durable:
+        err = await m.persist(bump=True)
+        if err is not None:  # the intent is not durable: the effect must not run
+            m._in_flight = None
+            return TransitionResult(False, m._state, err)
+    return await drive(m, ct, ev, eff, _Run(1))
+
+
+async def drive(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    ev: Event[Any],
+    eff: Effect[Any],
+    run: _Run,
+) -> TransitionResult[Any]:
+    """Attempt the effect until it succeeds or may not go on; the in-flight record
+    (``m._in_flight``) is durable before each attempt starts."""
+    d = m._def
+    task = asyncio.current_task()
+    m._cancellable = True
+    timeout_cm: Any = None
+    try:
+        try:
+            if d.transition_timeout_s is None:
+                result = await _attempts(m, ct, eff, run)
+            else:
+                timeout_cm = deadline(d.clock, d.transition_timeout_s)
+                async with timeout_cm:
+                    result = await _attempts(m, ct, eff, run)
+        except _NotDurable as e:
+            return TransitionResult(False, m._state, e.error, run.last_result)
+        except builtins.TimeoutError as e:
+            if timeout_cm is None or not timeout_cm.expired():
+                raise
+            await _undo_interrupted(m, eff, run)
+            err: StateMachineError = TimeoutError(
+                f"transition {ct.source} -> {ct.to} ran past {d.transition_timeout_s * 1000:g} ms",  # type: ignore[operator]
+                state=ct.source,
+            )
+            err.__cause__ = run.last_error if run.last_error is not None else e
+            return await _fail(m, ct, run, err)
+        except asyncio.CancelledError:
+            if not m._cancel_requested or task is None or task.uncancel() > 0:
+                raise
+            m._cancellable = False
+            await _undo_interrupted(m, eff, run)
+            await finish_cancel(m)
+            err = StateMachineError(
+                f"cancelled during {ct.source} -> {ct.to}", ErrorCode.CANCELLED, state=ct.source
+            )
+            return TransitionResult(False, m._state, err, run.last_result)
+    finally:
+        m._cancellable = False
+    if result is None:
+        flight = m._in_flight
+        key = flight.idempotency_key if flight is not None else None
+        return await commit(m, ct, ev, run.last_result, run.attempt, run.errors, key)
+    return await _fail(m, ct, run, result)
+
+
+async def _attempts(
+    m: StateMachine[Any, Any, Any], ct: CompiledTransition, eff: Effect[Any], run: _Run
+) -> BaseException | None:
+    """Loop over attempts; ``None`` on success, else the error to fail with."""
+    d = m._def
+    policy = d.retry
+    max_attempts = policy.max_attempts if policy is not None else 1
+    ctx = m._ctx
+    flight = m._in_flight
+    assert flight is not None
+    while True:
+        target: State[Any] = State(
+            ct.to, {}, d.clock.now(), m._version, run.attempt, flight.idempotency_key
+        )
+        if not eff.idempotent:
+            run.unrolled = True
+        run.in_attempt = True
+        error = await _one_attempt(m, eff, ctx, target, run)
+        run.in_attempt = False
+        m._metrics.total_attempts += 1
+        if error is None:
+            run.unrolled = False
+            return None
+        run.errors += 1
+        run.last_error = error
+        m._metrics.total_errors += 1
+        if not eff.idempotent:
+            rb_error = await _rollback(m, eff, target, run)
+            if rb_error is not None:
+                return rb_error
+        if not await _may_retry(m, eff, error, run, max_attempts):
+            return _final_error(m, ct, error, run, max_attempts)
+        await _before_retry(m, ct, error, target, run)
+
+
+async def _one_attempt(
+    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: _Run
+) -> BaseException | None:
+    d = m._def
+    try:
+        if d.effect_timeout_s is None:
+            raw = eff.execute(ctx, target)
+            if inspect.isawaitable(raw):
+                raw = await raw
+        else:
+            cm = deadline(d.clock, d.effect_timeout_s)
+            try:
+                async with cm:
+                    raw = await call_maybe_async(eff.execute, ctx, target)
+            except builtins.TimeoutError as e:
+                if not cm.expired():
+                    raise
+                timeout = TimeoutError(
+                    f"effect {eff.label} ran past {d.effect_timeout_s * 1000:g} ms "
+                    f"(attempt {run.attempt})",
+                    state=target.name,
+                )
+                timeout.__cause__ = e
+                run.last_result = None
+                return timeout
+        result = to_effect_result(raw)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        run.last_result = None
+        return e
+    run.last_result = result
+    if result.success:
+        return None
+    return EffectError(result.message or f"effect {eff.label} reported failure", state=target.name)
+
+
+async def _may_retry(
+    m: StateMachine[Any, Any, Any],
+    eff: Effect[Any],
+    error: BaseException,
+    run: _Run,
+    max_attempts: int,
+) -> bool:
+    if run.attempt >= max_attempts:
+        return False
+    if not eff.idempotent and eff.rollback is None:
+        return False  # never run again on top of its own partial result
+    result = run.last_result
+    if result is not None and result.can_retry is False:
+        return False
+    policy = m._def.retry
+    assert policy is not None
+    if policy.retryable_errors is not None and not isinstance(error, policy.retryable_errors):
+        return False
+    if policy.should_retry is not None:
+        try:
+            verdict = policy.should_retry(error, run.attempt)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as e:
+            obs = m._def.observer
+            if obs.enabled("error"):
+                await obs.log("error", f"should_retry raised {type(e).__name__}; not retrying")
+            return False
+        return bool(verdict)
+    return True
+
+
+def _final_error(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    error: BaseException,
+    run: _Run,
+    max_attempts: int,
+) -> BaseException:
+    if run.attempt >= max_attempts and max_attempts > 1:
+        err: StateMachineError = RetryExhaustedError(
+            f"{ct.source} -> {ct.to}: all {run.attempt} attempts failed; last: "
+            f"{m._def.observer.error_text(error)}",
+            attempts=run.attempt,
+            state=ct.source,
+        )
+        err.__cause__ = error
+        return err
+    if isinstance(error, StateMachineError):
+        return error
+    wrapped = EffectError(
+        f"{ct.source} -> {ct.to}: {type(error).__name__}: {m._def.observer.error_text(error)}",
+        state=ct.source,
+    )
+    wrapped.__cause__ = error
+    return wrapped
+
+
+async def _before_retry(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    error: BaseException,
+    target: State[Any],
+    run: _Run,
+) -> None:
+    d = m._def
+    policy = d.retry
+    assert policy is not None
+    if d.hooks.on_retry is not None:
+        await d.observer.call("on_retry", d.hooks.on_retry, run.attempt, error, target, m._ctx)
+    delay_ms = policy.delay_ms(run.attempt, d.random, run.prev_delay_ms)
+    run.prev_delay_ms = delay_ms
+    m._metrics.total_retries += 1
+    obs = d.observer
+    if obs.enabled("warning"):
+        await obs.log(
+            "warning",
+            f"attempt {run.attempt} of {ct.source} -> {ct.to} failed: "
+            f"{type(error).__name__}: {obs.error_text(error)}; retrying in {delay_ms:.0f} ms",
+            {"machine_id": m._machine_id, "attempt": run.attempt, "delay_ms": delay_ms},
+        )
+    flight = m._in_flight
+    assert flight is not None
+    run.attempt += 1
+    flight.attempt = run.attempt
+    if m.durable:
+        flight.phase = "retry_wait"
+        flight.next_retry_at = d.clock.now() + timedelta(milliseconds=delay_ms)
+        await _persist_or_raise(m)
+    await d.clock.sleep(delay_ms / 1000.0)
+    if m.durable:
+        flight.phase = "running"
+        flight.next_retry_at = None
+        await _persist_or_raise(m)
+
+
+async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
+    err = await m.persist(bump=True)
+    if err is not None:
+        raise _NotDurable(err)
+
+
+class _NotDurable(Exception):
+    def __init__(self, error: StateMachineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _rollback(
+    m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any], run: _Run
+) -> StateMachineError | None:
+    """Undo a failed non-idempotent attempt; a rollback that fails parks the machine."""
+    run.unrolled = False
+    if eff.rollback is None:
+        return None
+    try:
+        await uninterrupted(call_maybe_async(eff.rollback, m._ctx, target))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        err = StateMachineError(
+            f"rollback of {eff.label} failed: {type(e).__name__}: "
+            f"{m._def.observer.error_text(e)}; the machine needs an operator",
+            ErrorCode.ROLLBACK_FAILED,
+            state=m._state.name,
+        )
+        err.__cause__ = e
+        m._status = "needs_attention"
+        return err
+    m._metrics.total_rollbacks += 1
+    return None
+
+
+async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], run: _Run) -> None:
+    """An attempt was cut short (timeout, cancel): count it, roll it back if it was
+    not idempotent."""
+    if run.in_attempt:
+        run.in_attempt = False
+        run.errors += 1
+        m._metrics.total_attempts += 1
+        m._metrics.total_errors += 1
+    if not run.unrolled:
+        return
+    flight = m._in_flight
+    assert flight is not None
+    target = State(
+        flight.to_state, {}, m._def.clock.now(), m._version, run.attempt, flight.idempotency_key
+    )
+    err = await _rollback(m, eff, target, run)
+    if err is not None:
+        run.last_error = err
+
+
+async def _fail(
+    m: StateMachine[Any, Any, Any], ct: CompiledTransition, run: _Run, error: BaseException
+) -> TransitionResult[Any]:
+    """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
+    if isinstance(error, _NotDurable):
+        return TransitionResult(False, m._state, error.error, run.last_result)
+    m._metrics.states[-1].errors += run.errors
+    if m._status != "needs_attention":
+        m._in_flight = None
+    m._last_error = m.error_record(error)
+    await m.report_error(error)
+    persist_error = await m.persist(bump=True)
+    if persist_error is not None:
+        persist_error.__cause__ = error
+    return TransitionResult(False, m._state, error, run.last_result)

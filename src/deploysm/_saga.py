@@ -1,0 +1,100 @@
+"""Compensation (the saga pattern): undo committed non-idempotent effects, newest first."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._effects import call_maybe_async
+from ._errors import ErrorCode, StateMachineError
+from ._timeouts import uninterrupted
+from ._types import State, StateMetrics
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["CompensationResult", "compensate_locked"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationResult:
+    """Which committed effects were undone (state names, newest first) and which failed."""
+
+    success: bool
+    compensated: list[str] = field(default_factory=list)
+    failed: list[tuple[str, BaseException]] = field(default_factory=list)
+
+
+async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResult:
+    """Roll back every committed non-idempotent effect in reverse order. Each undone
+    effect leaves the list at once and is persisted, so a second call never undoes
+    it twice. A failing rollback stays in the list and parks the machine."""
+    d = m._def
+    obs = d.observer
+    done: list[str] = []
+    failed: list[tuple[str, BaseException]] = []
+    for record in list(reversed(m._committed)):
+        eff = d.effect_by_index[record.transition_index]
+        if eff is None or eff.rollback is None:
+            continue
+        target = State(
+            record.state,
+            {"compensating": True},
+            d.clock.now(),
+            m._version,
+            0,
+            record.idempotency_key,
+        )
+        try:
+            await uninterrupted(call_maybe_async(eff.rollback, m._ctx, target))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err = StateMachineError(
+                f"compensation of {record.state!r} failed: {type(e).__name__}: {obs.error_text(e)}",
+                ErrorCode.ROLLBACK_FAILED,
+                state=m._state.name,
+            )
+            err.__cause__ = e
+            failed.append((record.state, err))
+            await m.report_error(err)
+            break
+        m._committed.remove(record)
+        m._metrics.total_compensations += 1
+        m._metrics.total_rollbacks += 1
+        done.append(record.state)
+        if obs.enabled("info"):
+            await obs.log(
+                "info",
+                f"compensated {record.state} (entered from {record.from_state} on {record.event})",
+                {"machine_id": m._machine_id, "idempotency_key": record.idempotency_key},
+            )
+        await m.persist(bump=True)
+    if failed:
+        m._status = "needs_attention"
+        await m.persist(bump=True)
+    elif d.compensated_state is not None and m._state.name != d.compensated_state:
+        await _enter_compensated(m, d.compensated_state)
+    return CompensationResult(not failed, done, failed)
+
+
+async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
+    d = m._def
+    now = d.clock.now()
+    visit = m._metrics.states[-1]
+    visit.exited_at = now
+    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
+    m._history.append(m._state)
+    m._version += 1
+    m._state = State(name, {"compensated": True}, now, m._version)
+    m._metrics.states.append(StateMetrics(name, now))
+    m._metrics.current_state = name
+    m._metrics.total_transitions += 1
+    if d.hooks.on_state_enter is not None:
+        await obs_call(m, "on_state_enter", d.hooks.on_state_enter, m._state, m._ctx)
+    await m.persist()
+
+
+async def obs_call(m: StateMachine[Any, Any, Any], name: str, fn: Any, *args: Any) -> None:
+    await m._def.observer.call(name, fn, *args)
