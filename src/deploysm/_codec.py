@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import typing
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
@@ -64,6 +65,10 @@ def decode_context(data: Any, like: Any) -> Any:
 
 def _build_dataclass(cls: Any, data: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: nested dataclasses stay mappings
+        hints = {}
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise TypeError(f"unknown field(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
@@ -72,7 +77,8 @@ def _build_dataclass(cls: Any, data: Mapping[str, Any]) -> Any:
         if name not in data:
             continue
         value = data[name]
-        ftype = f.type if isinstance(f.type, type) else None
+        hint = hints.get(name, f.type)
+        ftype = hint if isinstance(hint, type) else None
         if ftype is not None and dataclasses.is_dataclass(ftype) and isinstance(value, Mapping):
             value = _build_dataclass(ftype, value)
         kwargs[name] = value

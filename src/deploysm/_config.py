@@ -116,6 +116,8 @@ class StateMachineConfig(Generic[S, E, C]):
     _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
 
 
+MISSING: Any = ()  # stands for a required list that was not given at all
+
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(StateMachineConfig) if f.init)
 _REQUIRED = ("id", "initial_state", "states", "events", "transitions")
 
@@ -136,8 +138,7 @@ def coerce_config(raw: Any) -> tuple[StateMachineConfig[Any, Any, Any] | None, l
     for name in _REQUIRED:
         if values.get(name) is None:
             problems.append(f"missing required field: {name}")
-    if problems and any(values.get(n) is None for n in _REQUIRED):
-        return None, problems
+            values[name] = MISSING if name in ("states", "events", "transitions") else None
 
     transitions: list[Transition[Any, Any]] = []
     raw_transitions = values["transitions"]
@@ -153,6 +154,8 @@ def coerce_config(raw: Any) -> tuple[StateMachineConfig[Any, Any, Any] | None, l
 
     for name, kind in (("states", "state"), ("events", "event")):
         seq = values[name]
+        if seq is MISSING:
+            continue
         if isinstance(seq, str | bytes) or not isinstance(seq, Sequence | set | frozenset):
             problems.append(f"{name} must be a list of {kind} names")
             values[name] = []

@@ -29,16 +29,16 @@ def coerce_event(event: Any, clock: Clock) -> Event[Any]:
             raise StateMachineError(
                 "event type must be a non-empty string", ErrorCode.INVALID_EVENT
             )
+        if event.correlation_id is not None and not isinstance(event.correlation_id, str):
+            raise StateMachineError(
+                "event correlation_id must be a string", ErrorCode.INVALID_EVENT
+            )
         if event.auto_timestamp and clock is not SYSTEM_CLOCK:
             return Event(event.type, event.payload, clock.now(), event.correlation_id)
         ts = event.timestamp
         if not isinstance(ts, datetime) or ts.tzinfo is None:
             raise StateMachineError(
                 "event timestamp must be an aware datetime", ErrorCode.INVALID_EVENT
-            )
-        if event.correlation_id is not None and not isinstance(event.correlation_id, str):
-            raise StateMachineError(
-                "event correlation_id must be a string", ErrorCode.INVALID_EVENT
             )
         return event
     if isinstance(event, Mapping):

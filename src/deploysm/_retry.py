@@ -51,7 +51,7 @@ class RetryPolicy:
                 raise ValueError(f"unknown retry policy field(s): {', '.join(unknown)}")
             fields = dict(value)
             errors = fields.get("retryable_errors")
-            if errors is not None and not isinstance(errors, tuple):
+            if isinstance(errors, list | set | frozenset):
                 fields["retryable_errors"] = tuple(errors)
             return cls(**fields)
         raise TypeError(
@@ -67,10 +67,10 @@ class RetryPolicy:
             out.append(f"retry_policy.max_attempts must be >= 1, got {self.max_attempts}")
         for name in ("initial_delay_ms", "max_delay_ms"):
             v = getattr(self, name)
-            if not _is_number(v) or not math.isfinite(v) or v < 0:
+            if not is_finite_number(v) or v < 0:
                 out.append(f"retry_policy.{name} must be a finite number >= 0, got {v!r}")
         m = self.backoff_multiplier
-        if not _is_number(m) or not math.isfinite(m) or m < 1:
+        if not is_finite_number(m) or m < 1:
             out.append(f"retry_policy.backoff_multiplier must be a finite number >= 1, got {m!r}")
         j = self.jitter_factor
         if not _is_number(j) or not 0 <= j <= 1:
@@ -78,13 +78,15 @@ class RetryPolicy:
         if self.jitter not in JITTER_MODES:
             out.append(f"retry_policy.jitter must be one of {', '.join(JITTER_MODES)}")
         if (
-            _is_number(self.initial_delay_ms)
-            and _is_number(self.max_delay_ms)
+            is_finite_number(self.initial_delay_ms)
+            and is_finite_number(self.max_delay_ms)
             and self.max_delay_ms < self.initial_delay_ms
         ):
             out.append("retry_policy.max_delay_ms must be >= initial_delay_ms")
-        if self.retryable_errors is not None and not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in self.retryable_errors
+        errs = self.retryable_errors
+        if errs is not None and not (
+            _is_exception_class(errs)
+            or (isinstance(errs, tuple) and all(_is_exception_class(t) for t in errs))
         ):
             out.append("retry_policy.retryable_errors must hold exception classes")
         if self.should_retry is not None and not callable(self.should_retry):
@@ -93,11 +95,14 @@ class RetryPolicy:
 
     def base_delay_ms(self, attempt: int) -> float:
         """The delay before attempt ``attempt + 1`` without jitter, capped."""
+        initial = float(self.initial_delay_ms)
+        if initial == 0.0:
+            return 0.0
         try:
-            raw = self.initial_delay_ms * self.backoff_multiplier ** (attempt - 1)
+            raw = initial * float(self.backoff_multiplier) ** (attempt - 1)
         except OverflowError:
             return float(self.max_delay_ms)
-        return float(min(raw, self.max_delay_ms))
+        return min(raw, float(self.max_delay_ms))
 
     def delay_ms(
         self, attempt: int, rng: _random.Random, previous_ms: float | None = None
@@ -124,6 +129,20 @@ class RetryPolicy:
 
 def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def is_finite_number(v: object) -> bool:
+    """An int or float (not a bool) that is finite; huge ints count as not finite."""
+    if not _is_number(v):
+        return False
+    try:
+        return math.isfinite(float(v))  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
+def _is_exception_class(t: object) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseException)
 
 
 default_retry_policy = RetryPolicy()

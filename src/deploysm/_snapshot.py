@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from ._codec import jsonable
 from ._errors import ErrorCode, StateMachineError
+from ._retry import is_finite_number
 from ._types import Event, State, StateMachineMetrics, StateMetrics
 
 __all__ = ["CommittedEffect", "InFlight", "SCHEMA_VERSION", "STATUSES", "SerializableState"]
@@ -109,7 +111,7 @@ class SerializableState:
     @classmethod
     def from_json(cls, text: str | bytes) -> SerializableState:
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, TypeError, RecursionError) as e:
             raise _invalid(f"snapshot is not valid JSON: {e}") from e
         return cls.from_dict(data)
@@ -118,10 +120,18 @@ class SerializableState:
     def coerce(cls, value: Any) -> SerializableState:
         """Accept a snapshot, its ``to_dict()`` form, or its JSON text."""
         if isinstance(value, SerializableState):
-            return cls.from_dict(value.to_dict())
+            try:
+                data = value.to_dict()
+            except Exception as e:
+                raise _invalid(f"malformed snapshot object: {type(e).__name__}: {e}") from e
+            return cls.from_dict(data)
         if isinstance(value, str | bytes | bytearray):
             return cls.from_json(bytes(value) if isinstance(value, bytearray) else value)
         return cls.from_dict(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid in a snapshot")
 
 
 def _invalid(msg: str) -> StateMachineError:
@@ -135,7 +145,7 @@ def _dt_out(d: datetime | None) -> str | None:
 def _state_out(s: State[Any]) -> dict[str, Any]:
     return {
         "name": s.name,
-        "data": dict(s.data),
+        "data": jsonable(s.data),
         "timestamp": s.timestamp.isoformat(),
         "version": s.version,
         "attempts": s.attempts,
@@ -146,7 +156,7 @@ def _state_out(s: State[Any]) -> dict[str, Any]:
 def _event_out(e: Event[Any]) -> dict[str, Any]:
     return {
         "type": e.type,
-        "payload": e.payload,
+        "payload": jsonable(e.payload),
         "timestamp": e.timestamp.isoformat(),
         "correlation_id": e.correlation_id,
     }
@@ -232,8 +242,8 @@ class _Reader:
         v = self._get(key, optional)
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise _invalid(f"{self.path}.{key} must be a number")
+        if not is_finite_number(v):
+            raise _invalid(f"{self.path}.{key} must be a finite number")
         return float(v)
 
     def flag(self, key: str) -> bool:
@@ -270,6 +280,7 @@ def _state_in(r: _Reader) -> State[Any]:
     data = r.data.get("data", {})
     if not isinstance(data, Mapping):
         raise _invalid(f"{r.path}.data must be an object")
+    _json_safe(data, f"{r.path}.data")
     return State(
         name=r.text("name"),
         data=dict(data),
@@ -280,7 +291,15 @@ def _state_in(r: _Reader) -> State[Any]:
     )
 
 
+def _json_safe(value: Any, path: str) -> None:
+    try:
+        jsonable(value)
+    except TypeError as e:
+        raise _invalid(f"{path} cannot be stored as JSON: {e}") from None
+
+
 def _event_in(r: _Reader) -> Event[Any]:
+    _json_safe(r.data.get("payload"), f"{r.path}.payload")
     return Event(
         type=r.text("type"),
         payload=r.data.get("payload"),
@@ -363,8 +382,13 @@ def _load(data: Any) -> SerializableState:
         raise _invalid("snapshot.last_error must be an object or null")
     if "context" not in r.data:
         raise _invalid("snapshot.context is missing")
+    _json_safe(r.data["context"], "snapshot.context")
+    _json_safe(r.data.get("last_error"), "snapshot.last_error")
+    current = _state_in(r.sub("current_state"))
+    if not visits or visits[-1].state != current.name:
+        raise _invalid("snapshot.metrics.states must end with a visit of the current state")
     return SerializableState(
-        current_state=_state_in(r.sub("current_state")),
+        current_state=current,
         context=r.data["context"],
         history=history,
         metrics=metrics,

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import random as _random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config import HOOK_NAMES, StateMachineConfig, Transition, coerce_config, transitions_of
+from ._config import (
+    HOOK_NAMES,
+    MISSING,
+    StateMachineConfig,
+    Transition,
+    coerce_config,
+    transitions_of,
+)
 from ._effects import Effect
+from ._retry import is_finite_number
 
 __all__ = ["ValidationReport", "validate"]
 
@@ -51,18 +58,18 @@ def _names(seq: Iterable[Any], kind: str, errors: list[str]) -> set[str]:
 def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
     """Problems that make the config unusable, all of them, in a stable order."""
     errors: list[str] = []
-    if not isinstance(cfg.id, str) or not cfg.id:
+    if cfg.id is not None and (not isinstance(cfg.id, str) or not cfg.id):
         errors.append(f"id must be a non-empty string, got {cfg.id!r}")
     states = _names(cfg.states, "state", errors)
     events = _names(cfg.events, "event", errors)
-    if not states:
+    if not states and cfg.states is not MISSING:
         errors.append("states must name at least one state")
-    if cfg.initial_state not in states:
+    if cfg.initial_state is not None and not _known(cfg.initial_state, states):
         errors.append(f"initial_state {cfg.initial_state!r} is not one of the states")
     for i, t in enumerate(transitions_of(cfg)):
         _check_transition(i, t, states, events, errors)
     for name, eff in (cfg.effects or {}).items():
-        if name not in states:
+        if not _known(name, states):
             errors.append(f"effects names unknown state {name!r}")
         if not isinstance(eff, Effect):
             errors.append(f"effects[{name!r}] must be a built effect (effect()...build())")
@@ -75,10 +82,14 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
             fn = getattr(hooks, h)
             if fn is not None and not callable(fn):
                 errors.append(f"hooks.{h} must be callable")
-    for state in cfg.final_states or ():
-        if state not in states:
-            errors.append(f"final_states names unknown state {state!r}")
-    if cfg.compensated_state is not None and cfg.compensated_state not in states:
+    finals = cfg.final_states
+    if finals is not None and (isinstance(finals, str | bytes) or not isinstance(finals, Iterable)):
+        errors.append("final_states must be a list of state names")
+    else:
+        for state in finals or ():
+            if not _known(state, states):
+                errors.append(f"final_states names unknown state {state!r}")
+    if cfg.compensated_state is not None and not _known(cfg.compensated_state, states):
         errors.append(f"compensated_state {cfg.compensated_state!r} is not one of the states")
     for name in ("persist_state", "load_state", "validate_context"):
         fn = getattr(cfg, name)
@@ -91,7 +102,18 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
         errors.append("clock must have now() and async sleep(seconds)")
     if cfg.random is not None and not isinstance(cfg.random, _random.Random):
         errors.append("random must be a random.Random")
+    keys = cfg.redact_keys
+    if keys is not None and (
+        isinstance(keys, str | bytes)
+        or not isinstance(keys, Iterable)
+        or not all(isinstance(k, str) and k for k in keys)
+    ):
+        errors.append("redact_keys must be a list of non-empty strings")
     return errors
+
+
+def _known(name: Any, names: set[str]) -> bool:
+    return isinstance(name, str) and name in names
 
 
 def _check_transition(
@@ -103,11 +125,11 @@ def _check_transition(
     if not sources:
         errors.append(f"{where} has an empty 'from'")
     for s in sources:
-        if s not in states:
+        if not _known(s, states):
             errors.append(f"{where} 'from' names unknown state {s!r}")
-    if t.to not in states:
+    if not _known(t.to, states):
         errors.append(f"{where} 'to' names unknown state {t.to!r}")
-    if t.event not in events:
+    if not _known(t.event, events):
         errors.append(f"{where} names unknown event {t.event!r}")
     if t.guard is not None and not callable(t.guard):
         errors.append(f"{where} guard must be callable")
@@ -125,9 +147,9 @@ def _check_timeouts(
         v = getattr(tc, name)
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        if not is_finite_number(v) or v <= 0:
             errors.append(f"timeout.{name} must be a finite number > 0, got {v!r}")
-    if tc.timeout_event is not None and tc.timeout_event not in events:
+    if tc.timeout_event is not None and not _known(tc.timeout_event, events):
         errors.append(f"timeout.timeout_event names unknown event {tc.timeout_event!r}")
 
 
