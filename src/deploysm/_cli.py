@@ -1,0 +1,259 @@
+"""The ``deploysm`` command line.
+
+Each subcommand is one small function registered with :func:`command`; it gets
+the parsed arguments and returns the exit code. Add a subcommand by writing a
+``configure`` function (its arguments) and a ``run`` function. Exit codes: 0 ok,
+1 the operation failed (invalid config, deployment rolled back), 2 usage error
+(bad arguments, a TARGET that cannot be loaded), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from ._config import StateMachineConfig, coerce_config
+from ._validation import validate
+
+__all__ = ["CliError", "main"]
+
+EXAMPLE_TARGET = "deploysm.examples.blue_green:blue_green_config"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register ``run`` as the subcommand ``name``; ``configure`` adds its arguments."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, configure, run)
+        return run
+
+    return register
+
+
+# -- TARGET: module:attribute naming a config, a mapping or a factory of one
+
+
+def load_config(target: str) -> StateMachineConfig[Any, Any, Any] | Mapping[str, Any]:
+    """Import ``module:attr`` (``attr`` may be dotted) and return the config it names."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"TARGET must look like module:attribute, e.g. {EXAMPLE_TARGET}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules next to you load
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            raise CliError(
+                f"module {module_name!r} not found; check the name, and run from its "
+                "directory or install it"
+            ) from e
+        raise CliError(f"importing {module_name!r} failed: {_one_line(e)}") from e
+    except Exception as e:
+        raise CliError(f"importing {module_name!r} failed: {_one_line(e)}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(
+                f"{module_name!r} has no attribute {attr!r}; name a StateMachineConfig, a "
+                "mapping, or a zero-argument factory returning one"
+            ) from None
+    if not isinstance(obj, StateMachineConfig | Mapping) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as e:
+            raise CliError(f"calling {target}() failed: {_one_line(e)}") from e
+        if inspect.iscoroutine(obj):
+            obj.close()
+            raise CliError(f"{target} is async; name a plain function returning a config")
+    if not isinstance(obj, StateMachineConfig | Mapping):
+        raise CliError(
+            f"{target} is a {type(obj).__name__}, not a StateMachineConfig, a mapping, or a "
+            "zero-argument factory returning one"
+        )
+    return obj
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# -- demo
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    from ._demo import DEFAULT_SEED, DEFAULT_SPEED
+
+    p.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=DEFAULT_SPEED,
+        metavar="FACTOR",
+        help=f"run time FACTOR times faster than real time (default {DEFAULT_SPEED:g}: the "
+        "deployment's ~5.5 simulated minutes take ~6.5 s; 1 = real time)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed the simulated health checks and retry jitter (default {DEFAULT_SEED}, "
+        "whose health checks pass; each check fails with 10%% probability)",
+    )
+    p.add_argument(
+        "--fail-health",
+        action="store_true",
+        help="make the third health check fail: the deployment ends in rolling_back (exit 1)",
+    )
+
+
+@command(
+    "demo",
+    "run the seed's blue/green deployment with live progress (exit 0 completed, 1 rolled back)",
+    _configure_demo,
+)
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(speed=args.speed, seed=args.seed, fail_health=args.fail_health)
+    return asyncio.run(run_demo(options))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+# -- graph
+
+
+def _configure_graph(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help=f"module:attribute, e.g. {EXAMPLE_TARGET}")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument("--state", metavar="NAME", help="highlight this state as the current one")
+
+
+@command("graph", "print a workflow as a Mermaid or Graphviz DOT diagram", _configure_graph)
+def _graph(args: argparse.Namespace) -> int:
+    from ._diagram import to_dot, to_mermaid
+
+    config = load_config(args.target)
+    report = validate(config)
+    if not report.ok:
+        raise CliError(
+            f"{args.target} is not a valid config ({len(report.errors)} error(s)); "
+            f"run: deploysm validate {args.target}",
+            exit_code=1,
+        )
+    if args.state is not None:
+        cfg, _ = coerce_config(config)
+        states = list(cfg.states) if cfg is not None else []
+        if args.state not in states:
+            raise CliError(f"--state {args.state!r} is not one of: {', '.join(states)}")
+    render = to_dot if args.format == "dot" else to_mermaid
+    sys.stdout.write(render(config, current_state=args.state))
+    return 0
+
+
+# -- validate
+
+
+def _configure_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help=f"module:attribute, e.g. {EXAMPLE_TARGET}")
+
+
+@command(
+    "validate",
+    "check a workflow config: errors (exit 1) and warnings",
+    _configure_validate,
+)
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.target)
+    report = validate(config)
+    for error in report.errors:
+        print(f"error: {error}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if not report.ok:
+        print(f"{args.target}: invalid ({len(report.errors)} error(s))")
+        return 1
+    cfg, _ = coerce_config(config)
+    assert cfg is not None
+    print(
+        f"{args.target}: ok ({cfg.id!r}: {len(cfg.states)} states, {len(cfg.events)} events, "
+        f"{len(cfg.transitions)} transitions, {len(report.warnings)} warning(s))"
+    )
+    return 0
+
+
+# -- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deploysm",
+        description="Deployment workflows as typed, durable, asyncio-native state machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"deploysm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``raise SystemExit(main())``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    cmd = COMMANDS.get(args.command) if args.command else None
+    if cmd is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return cmd.run(args)
+    except CliError as e:
+        print(f"deploysm {cmd.name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"deploysm {cmd.name}: interrupted", file=sys.stderr)
+        return 130
