@@ -3,6 +3,7 @@
 Implementation modules are private; this package's ``__all__`` is the public API.
 """
 
+import logging as _logging
 from contextlib import suppress as _suppress
 
 from ._clock import Clock, SystemClock, now, sleep
@@ -32,6 +33,9 @@ from ._types import (
 from ._validation import ValidationReport, validate
 
 __version__ = "0.1.0"
+
+# A library logs, an application decides where logs go.
+_logging.getLogger("deploysm").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Clock",

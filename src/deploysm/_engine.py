@@ -23,6 +23,7 @@ from ._definition import CompiledTransition, Definition, compile_config
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError, TransitionError
 from ._events import coerce_event
+from ._runner import run_transition
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
 from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
@@ -254,8 +255,6 @@ class StateMachine(Generic[S, E, C]):
         eff = chosen.effect
         if eff is None:
             return await commit(self, chosen, ev, None, 0, 0, None)
-        from ._runner import run_transition
-
         return await run_transition(self, chosen, ev, eff)
 
     async def _check_context(self) -> StateMachineError | None:

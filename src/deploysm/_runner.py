@@ -81,7 +81,7 @@ async def drive(
     """Attempt the effect until it succeeds or may not go on; the in-flight record
     (``m._in_flight``) is durable before each attempt starts."""
     d = m._def
-    task = asyncio.current_task()
+    task = m._owner
     m._cancellable = True
     timeout_cm: Any = None
     try:
@@ -133,9 +133,10 @@ async def _attempts(
     ctx = m._ctx
     flight = m._in_flight
     assert flight is not None
+    started = flight.started_at  # the first attempt starts when the intent was made
     while True:
         target: State[Any] = State(
-            ct.to, {}, d.clock.now(), m._version, run.attempt, flight.idempotency_key
+            ct.to, {}, started, m._version, run.attempt, flight.idempotency_key
         )
         if not eff.idempotent:
             run.unrolled = True
@@ -156,6 +157,7 @@ async def _attempts(
         if not await _may_retry(m, eff, error, run, max_attempts):
             return _final_error(m, ct, error, run, max_attempts)
         await _before_retry(m, ct, error, target, run)
+        started = d.clock.now()
 
 
 async def _one_attempt(

@@ -1,0 +1,43 @@
+"""The code the README and docs show runs, and prints what they say it prints."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def _blocks() -> list[tuple[str, int, str]]:
+    found = []
+    for path in DOCS:
+        for i, m in enumerate(BLOCK.finditer(path.read_text())):
+            found.append((path.name, i, m.group(1)))
+    return found
+
+
+BLOCKS = _blocks()
+
+
+def test_the_readme_shows_code() -> None:
+    assert any(name == "README.md" for name, _, _ in BLOCKS)
+
+
+@pytest.mark.parametrize(("name", "index", "code"), BLOCKS, ids=[f"{n}#{i}" for n, i, _ in BLOCKS])
+def test_documented_code_runs(name: str, index: int, code: str) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"{name}#{index}", "exec"), {"__name__": f"doc_{index}"})
+    printed = out.getvalue()
+    if name == "README.md" and index == 0:
+        assert "entered validating" in printed
+        assert "['idle', 'validating', 'deploying'] -> completed" in printed
+        assert "3 transitions, completed" in printed
+    if name == "README.md" and index == 1:
+        assert printed.strip() == "completed after 310.0 virtual seconds"
