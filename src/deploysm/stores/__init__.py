@@ -1,0 +1,14 @@
+"""Where machines live between runs: the ``Store`` protocol and its backends."""
+
+from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, Store
+from ._memory import MemoryStore
+
+__all__ = [
+    "Codec",
+    "JSONCodec",
+    "JournalEntry",
+    "JournalRecord",
+    "MachineInfo",
+    "MemoryStore",
+    "Store",
+]

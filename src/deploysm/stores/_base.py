@@ -1,0 +1,140 @@
+"""The store protocol every backend implements, and the records it deals in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from .._errors import ErrorCode, StateMachineError
+from .._snapshot import SerializableState
+
+__all__ = [
+    "Codec",
+    "JSONCodec",
+    "JournalEntry",
+    "JournalRecord",
+    "MachineInfo",
+    "Store",
+    "conflict",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """One fact to append to a machine's journal, written with the snapshot it explains."""
+
+    kind: str
+    at: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A journal record as stored: numbered, and tied to the snapshot version it came with."""
+
+    seq: int
+    machine_id: str
+    version: int
+    kind: str
+    at: datetime
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MachineInfo:
+    """What ``list()`` tells about a machine without decoding its snapshot."""
+
+    machine_id: str
+    workflow: str | None
+    definition_id: str
+    status: str
+    state: str
+    version: int
+    updated_at: datetime
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns a snapshot's ``to_dict()`` into stored bytes and back, for one machine id."""
+
+    def encode(self, machine_id: str, data: Mapping[str, Any]) -> bytes: ...
+
+    def decode(self, machine_id: str, blob: bytes) -> dict[str, Any]: ...
+
+
+class JSONCodec:
+    """Plain compact JSON (the default)."""
+
+    __slots__ = ()
+
+    def encode(self, machine_id: str, data: Mapping[str, Any]) -> bytes:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+    def decode(self, machine_id: str, blob: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(blob)
+        except (ValueError, TypeError, RecursionError) as e:
+            raise StateMachineError(
+                f"stored snapshot of {machine_id!r} is not valid JSON: {e}",
+                ErrorCode.INVALID_SNAPSHOT,
+            ) from e
+        if not isinstance(data, dict):
+            raise StateMachineError(
+                f"stored snapshot of {machine_id!r} is not an object", ErrorCode.INVALID_SNAPSHOT
+            )
+        return data
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable home of machines: compare-and-set snapshots plus an append-only journal.
+
+    Every method is safe to call from several tasks at once. ``save`` is atomic:
+    the snapshot and its journal records are written together or not at all.
+    """
+
+    async def open(self) -> None:
+        """Connect and apply schema migrations (idempotent)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def load(self, machine_id: str) -> SerializableState | None:
+        """The machine's latest snapshot, validated; ``INVALID_SNAPSHOT`` if it is bad."""
+        ...
+
+    async def save(
+        self,
+        snapshot: SerializableState,
+        *,
+        expected_version: int | None,
+        journal: Sequence[JournalRecord] = (),
+        workflow: str | None = None,
+    ) -> None:
+        """Write ``snapshot`` if the stored version is ``expected_version`` (``None``: the
+        machine must not exist yet); otherwise raise ``CONFLICT`` and write nothing."""
+        ...
+
+    async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
+        """The machine's journal in order, entries with ``seq > after``."""
+        ...
+
+    async def list(self, status: str | None = None) -> list[MachineInfo]:
+        """Every machine (or those with ``status``), ordered by id."""
+        ...
+
+
+def conflict(machine_id: str, expected: int | None, found: int | None) -> StateMachineError:
+    if found is None:
+        msg = f"machine {machine_id!r} does not exist in the store (expected version {expected})"
+    elif expected is None:
+        msg = f"machine {machine_id!r} already exists (version {found}); resume() it instead"
+    else:
+        msg = (
+            f"machine {machine_id!r} was changed by another writer: expected version "
+            f"{expected}, found {found}; nothing was written"
+        )
+    return StateMachineError(msg, ErrorCode.CONFLICT)
