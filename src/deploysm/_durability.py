@@ -45,17 +45,44 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
 
     ``bump`` counts the write as a change of its own (intents, failures). A write,
     once started, is not cut short by cancellation."""
-    write = m._def.persist_state
-    if write is None:
+    d = m._def
+    store = d.store
+    write = d.persist_state
+    if write is None and store is None:
         return None
     if bump:
         m._version += 1
     try:
         snap = build_snapshot(m)
-        await uninterrupted(call_maybe_async(write, snap))
+        if store is not None:
+            pending = m._pending
+            m._pending = []
+            try:
+                await uninterrupted(
+                    store.save(
+                        snap,
+                        expected_version=m._saved_version,
+                        journal=pending,
+                        workflow=m._workflow,
+                    )
+                )
+            except BaseException:
+                m._pending = pending + m._pending
+                raise
+            m._saved_version = snap.version
+        elif write is not None:
+            await uninterrupted(call_maybe_async(write, snap))
     except asyncio.CancelledError:
         raise
+    except StateMachineError as e:
+        if bump:
+            m._version -= 1
+        if e.code == ErrorCode.CONFLICT:
+            m._stale = True
+        return e
     except Exception as e:
+        if bump:
+            m._version -= 1
         obs = m._def.observer
         err = StateMachineError(
             f"could not persist machine {m._machine_id!r}: {obs.error_text(e)}",
@@ -69,7 +96,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     return None
 
 
-def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any) -> None:
+def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any, *, check_busy: bool = True) -> None:
     """Restore ``snapshot`` into ``m``; a bad one raises ``INVALID_SNAPSHOT`` and
     leaves ``m`` untouched (every check runs before the first assignment)."""
     snap = SerializableState.coerce(snapshot)
@@ -83,7 +110,7 @@ def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any) -> None:
         err = StateMachineError(f"snapshot context is invalid: {e}", ErrorCode.INVALID_SNAPSHOT)
         raise err from e
     lock = m._lock
-    if lock is not None and lock.locked():
+    if check_busy and lock is not None and lock.locked():
         raise StateMachineError("cannot rehydrate while a transition runs", "BUSY")
     m._ctx = ctx
     m._machine_id = snap.machine_id
@@ -96,6 +123,9 @@ def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any) -> None:
     m._committed = list(snap.committed_effects)
     m._last_error = snap.last_error
     m._cancel_requested = snap.status == "cancelled"
+    m._saved_version = snap.version
+    m._stale = False
+    m._pending = []
     m.stop_state_timer()
     if snap.status == "active" and d.state_timeout_s is not None and not m.is_final():
         m.arm_state_timer(snap.state_deadline)

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _durability as durability
 from . import _lifecycle as lifecycle
+from . import _recovery as recovery
 from . import _timers as timers
 from ._clock import SYSTEM_CLOCK, reset_clock, use_clock
 from ._commit import commit
@@ -23,10 +24,12 @@ from ._definition import CompiledTransition, Definition, compile_config
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError, TransitionError
 from ._events import coerce_event
+from ._recovery import ResolveAction
 from ._runner import run_transition
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
 from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
+from .stores._base import JournalRecord
 
 __all__ = ["StateMachine", "create_state_machine"]
 
@@ -55,11 +58,15 @@ class StateMachine(Generic[S, E, C]):
         "_machine_id",
         "_metrics",
         "_owner",
+        "_pending",
+        "_saved_version",
+        "_stale",
         "_state",
         "_state_deadline",
         "_state_timer",
         "_status",
         "_version",
+        "_workflow",
     )
 
     def __init__(self, definition: Definition, context: C, machine_id: str | None = None) -> None:
@@ -82,6 +89,10 @@ class StateMachine(Generic[S, E, C]):
         self._in_flight: InFlight | None = None
         self._committed: list[CommittedEffect] = []
         self._last_error: dict[str, Any] | None = None
+        self._pending: list[JournalRecord] = []
+        self._saved_version: int | None = None
+        self._stale = False
+        self._workflow: str | None = None
         self._state_deadline: Any = None
         self._state_timer: asyncio.Task[None] | None = None
         if definition.state_timeout_s is not None:
@@ -174,14 +185,63 @@ class StateMachine(Generic[S, E, C]):
             async with lock:
                 self._owner = task
                 try:
-                    return await self._dispatch_locked(ev)
+                    result = await self._dispatch_locked(ev)
+                    if self._cancel_requested and self._status != "cancelled":
+                        await lifecycle.finish_cancel(self)  # cancel() came from a hook
+                    return result
                 finally:
                     self._owner = None
         finally:
             if token is not None:
                 reset_clock(token)
 
+    async def _exclusive(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(self, *args)`` holding the machine's lock, as its own transition."""
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            raise StateMachineError(
+                "called from inside this machine's own transition", ErrorCode.STATE_MACHINE_ERROR
+            )
+        clock = self._def.clock
+        token = use_clock(clock)
+        try:
+            async with self.lock():
+                self._owner = task
+                try:
+                    return await fn(self, *args)
+                finally:
+                    self._owner = None
+        finally:
+            reset_clock(token)
+
+    async def resume(self) -> TransitionResult[S] | None:
+        """Load this machine from its store (or ``load_state``) and finish any transition a
+        crash interrupted: an idempotent effect runs again with the same idempotency key; a
+        non-idempotent one is rolled back, then retried if attempts remain; one without a
+        rollback parks the machine in ``needs_attention``. ``None`` when nothing was in
+        flight (or nothing was stored)."""
+        result: TransitionResult[S] | None = await self._exclusive(recovery.resume)
+        return result
+
+    async def resolve(
+        self, action: ResolveAction, by: str | None = None, reason: str | None = None
+    ) -> TransitionResult[S] | None:
+        """Take a machine out of ``needs_attention``: ``"retry"`` runs the effect again at
+        once (same idempotency key), ``"mark_succeeded"`` commits without running it,
+        ``"mark_failed"`` records the failure after running its rollback, if any."""
+        result: TransitionResult[S] | None = await self._exclusive(
+            recovery.resolve, action, by, reason
+        )
+        return result
+
     def check_active(self) -> None:
+        if self._stale:
+            raise StateMachineError(
+                f"machine {self._machine_id!r} was changed by another writer; resume() it to "
+                "load the stored state",
+                ErrorCode.CONFLICT,
+                state=self._state.name,
+            )
         if self._cancel_requested or self._status == "cancelled":
             raise StateMachineError(
                 "the machine was cancelled", ErrorCode.CANCELLED, state=self._state.name
@@ -289,7 +349,13 @@ class StateMachine(Generic[S, E, C]):
 
     @property
     def durable(self) -> bool:
-        return self._def.persist_state is not None
+        d = self._def
+        return d.persist_state is not None or d.store is not None
+
+    def note(self, kind: str, **data: Any) -> None:
+        """Queue a journal record; it is written with the next snapshot (store only)."""
+        if self._def.store is not None:
+            self._pending.append(JournalRecord(kind, self._def.clock.now(), data))
 
     def snapshot(self) -> SerializableState:
         """The machine as a snapshot, its context encoded to JSON-safe data."""

@@ -16,6 +16,7 @@ __all__ = ["cancel", "complete", "fail", "finish_cancel", "finish_complete"]
 
 
 async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
+    m.note("completed", state=m._state.name)
     m._status = "completed"
     m._metrics.is_complete = True
     timers.stop(m)
@@ -45,6 +46,7 @@ async def fail(m: StateMachine[Any, Any, Any], error: BaseException | str | None
         m._metrics.is_failed = True
         timers.stop(m)
         m._last_error = m.error_record(err)
+        m.note("machine_failed", **m._last_error)
         await m.report_error(err)
         if m._def.compensate_on_failure:
             await compensate_locked(m)
@@ -56,10 +58,10 @@ async def cancel(m: StateMachine[Any, Any, Any]) -> None:
         return
     m._cancel_requested = True
     owner = m._owner
+    if owner is not None and owner is asyncio.current_task():
+        return  # called from inside the running transition: it finishes the cancel itself
     if owner is not None and m._cancellable and not owner.done():
         owner.cancel()
-        if owner is asyncio.current_task():  # cancelled from inside its own effect
-            return
     async with m.lock():
         await finish_cancel(m)
 
@@ -68,6 +70,7 @@ async def finish_cancel(m: StateMachine[Any, Any, Any]) -> None:
     """Record the cancellation: ``on_cancel``, then a durable write."""
     if m._status == "cancelled":
         return
+    m.note("cancelled", state=m._state.name)
     m._status = "cancelled"
     m._metrics.is_cancelled = True
     timers.stop(m)

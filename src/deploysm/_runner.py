@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._commit import commit
@@ -26,10 +26,10 @@ from ._types import EffectResult, Event, State, TransitionResult
 if TYPE_CHECKING:
     from ._engine import StateMachine
 
-__all__ = ["run_transition"]
+__all__ = ["Run", "drive", "error_fields", "fail", "rollback", "run_transition", "start_attempt"]
 
 
-class _Run:
+class Run:
     """The bookkeeping of one logical transition across its attempts."""
 
     __slots__ = (
@@ -40,6 +40,7 @@ class _Run:
         "last_result",
         "prev_delay_ms",
         "unrolled",
+        "wait_until",
     )
 
     def __init__(self, attempt: int) -> None:
@@ -50,6 +51,16 @@ class _Run:
         self.prev_delay_ms: float | None = None
         self.unrolled = False  # a non-idempotent attempt started and is not rolled back
         self.in_attempt = False  # an attempt is running right now
+        self.wait_until: datetime | None = None  # resume: the recorded retry deadline
+
+
+def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[str, Any]:
+    """An error as journal data: type, code and redacted message."""
+    return {
+        "error": type(error).__name__,
+        "code": getattr(error, "code", None),
+        "message": m._def.observer.error_text(error),
+    }
 
 
 def new_key(m: StateMachine[Any, Any, Any]) -> str:
@@ -64,11 +75,13 @@ async def run_transition(
     key = new_key(m)
     m._in_flight = InFlight(m._state.name, ct.to, ev, ct.index, 1, key, d.clock.now())
     if m.durable:
+        if d.store is not None:
+            m.note("intent", source=ct.source, to=ct.to, event=ev.type, attempt=1, key=key)
         err = await m.persist(bump=True)
         if err is not None:  # the intent is not durable: the effect must not run
             m._in_flight = None
             return TransitionResult(False, m._state, err)
-    return await drive(m, ct, ev, eff, _Run(1))
+    return await drive(m, ct, ev, eff, Run(1))
 
 
 async def drive(
@@ -76,12 +89,14 @@ async def drive(
     ct: CompiledTransition,
     ev: Event[Any],
     eff: Effect[Any],
-    run: _Run,
+    run: Run,
+    wait_until: datetime | None = None,
 ) -> TransitionResult[Any]:
     """Attempt the effect until it succeeds or may not go on; the in-flight record
     (``m._in_flight``) is durable before each attempt starts."""
     d = m._def
     task = m._owner
+    run.wait_until = wait_until
     m._cancellable = True
     timeout_cm: Any = None
     try:
@@ -103,12 +118,18 @@ async def drive(
                 state=ct.source,
             )
             err.__cause__ = run.last_error if run.last_error is not None else e
-            return await _fail(m, ct, run, err)
-        except asyncio.CancelledError:
-            if not m._cancel_requested or task is None or task.uncancel() > 0:
-                raise
+            return await fail(m, ct, run, err)
+        except (asyncio.CancelledError, _CancelRequested) as e:
             m._cancellable = False
+            external = isinstance(e, asyncio.CancelledError) and (
+                not m._cancel_requested or task is None or task.uncancel() > 0
+            )
             await _undo_interrupted(m, eff, run)
+            m._in_flight = None
+            if external:  # the caller cancelled its own dispatch: leave nothing half done
+                m.note("interrupted", source=ct.source, to=ct.to, attempt=run.attempt)
+                await m.persist(bump=True)
+                raise
             await finish_cancel(m)
             err = StateMachineError(
                 f"cancelled during {ct.source} -> {ct.to}", ErrorCode.CANCELLED, state=ct.source
@@ -120,11 +141,11 @@ async def drive(
         flight = m._in_flight
         key = flight.idempotency_key if flight is not None else None
         return await commit(m, ct, ev, run.last_result, run.attempt, run.errors, key)
-    return await _fail(m, ct, run, result)
+    return await fail(m, ct, run, result)
 
 
 async def _attempts(
-    m: StateMachine[Any, Any, Any], ct: CompiledTransition, eff: Effect[Any], run: _Run
+    m: StateMachine[Any, Any, Any], ct: CompiledTransition, eff: Effect[Any], run: Run
 ) -> BaseException | None:
     """Loop over attempts; ``None`` on success, else the error to fail with."""
     d = m._def
@@ -133,6 +154,13 @@ async def _attempts(
     ctx = m._ctx
     flight = m._in_flight
     assert flight is not None
+    if run.wait_until is not None:  # resumed inside a retry delay: finish waiting
+        remaining = (run.wait_until - d.clock.now()).total_seconds()
+        run.wait_until = None
+        if remaining > 0:
+            await d.clock.sleep(remaining)
+        await start_attempt(m, flight)
+        flight.started_at = d.clock.now()
     started = flight.started_at  # the first attempt starts when the intent was made
     while True:
         target: State[Any] = State(
@@ -144,14 +172,18 @@ async def _attempts(
         error = await _one_attempt(m, eff, ctx, target, run)
         run.in_attempt = False
         m._metrics.total_attempts += 1
+        if m._cancel_requested:  # cancel() was called from inside this transition
+            raise _CancelRequested
         if error is None:
             run.unrolled = False
             return None
         run.errors += 1
         run.last_error = error
         m._metrics.total_errors += 1
+        if d.store is not None:
+            m.note("attempt_failed", attempt=run.attempt, **error_fields(m, error))
         if not eff.idempotent:
-            rb_error = await _rollback(m, eff, target, run)
+            rb_error = await rollback(m, eff, target, run)
             if rb_error is not None:
                 return rb_error
         if not await _may_retry(m, eff, error, run, max_attempts):
@@ -161,7 +193,7 @@ async def _attempts(
 
 
 async def _one_attempt(
-    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: _Run
+    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: Run
 ) -> BaseException | None:
     d = m._def
     try:
@@ -186,7 +218,15 @@ async def _one_attempt(
                 run.last_result = None
                 return timeout
         result = to_effect_result(raw)
-    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+    except asyncio.CancelledError as e:
+        owner = m._owner
+        if owner is None or owner.cancelling() > 0:
+            raise
+        run.last_result = None  # the effect raised CancelledError itself: a failed attempt
+        err = EffectError(f"effect {eff.label} raised CancelledError", state=target.name)
+        err.__cause__ = e
+        return err
+    except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:
         run.last_result = None
@@ -201,7 +241,7 @@ async def _may_retry(
     m: StateMachine[Any, Any, Any],
     eff: Effect[Any],
     error: BaseException,
-    run: _Run,
+    run: Run,
     max_attempts: int,
 ) -> bool:
     if run.attempt >= max_attempts:
@@ -233,7 +273,7 @@ def _final_error(
     m: StateMachine[Any, Any, Any],
     ct: CompiledTransition,
     error: BaseException,
-    run: _Run,
+    run: Run,
     max_attempts: int,
 ) -> BaseException:
     if run.attempt >= max_attempts and max_attempts > 1:
@@ -260,7 +300,7 @@ async def _before_retry(
     ct: CompiledTransition,
     error: BaseException,
     target: State[Any],
-    run: _Run,
+    run: Run,
 ) -> None:
     d = m._def
     policy = d.retry
@@ -285,11 +325,18 @@ async def _before_retry(
     if m.durable:
         flight.phase = "retry_wait"
         flight.next_retry_at = d.clock.now() + timedelta(milliseconds=delay_ms)
+        m.note("retry_scheduled", attempt=run.attempt, delay_ms=round(delay_ms, 3))
         await _persist_or_raise(m)
     await d.clock.sleep(delay_ms / 1000.0)
+    await start_attempt(m, flight)
+
+
+async def start_attempt(m: StateMachine[Any, Any, Any], flight: InFlight) -> None:
+    """Make the next attempt's intent durable (a no-op without persistence)."""
     if m.durable:
         flight.phase = "running"
         flight.next_retry_at = None
+        m.note("attempt", attempt=flight.attempt, key=flight.idempotency_key)
         await _persist_or_raise(m)
 
 
@@ -299,14 +346,18 @@ async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
         raise _NotDurable(err)
 
 
+class _CancelRequested(Exception):
+    """``cancel()`` was called from inside the running transition."""
+
+
 class _NotDurable(Exception):
     def __init__(self, error: StateMachineError) -> None:
         super().__init__(error.message)
         self.error = error
 
 
-async def _rollback(
-    m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any], run: _Run
+async def rollback(
+    m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any], run: Run
 ) -> StateMachineError | None:
     """Undo a failed non-idempotent attempt; a rollback that fails parks the machine."""
     run.unrolled = False
@@ -317,6 +368,7 @@ async def _rollback(
     except asyncio.CancelledError:
         raise
     except Exception as e:
+        m.note("rollback_failed", attempt=target.attempts, **error_fields(m, e))
         err = StateMachineError(
             f"rollback of {eff.label} failed: {type(e).__name__}: "
             f"{m._def.observer.error_text(e)}; the machine needs an operator",
@@ -327,10 +379,11 @@ async def _rollback(
         m._status = "needs_attention"
         return err
     m._metrics.total_rollbacks += 1
+    m.note("rollback", attempt=target.attempts, key=target.idempotency_key)
     return None
 
 
-async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], run: _Run) -> None:
+async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], run: Run) -> None:
     """An attempt was cut short (timeout, cancel): count it, roll it back if it was
     not idempotent."""
     if run.in_attempt:
@@ -345,13 +398,13 @@ async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], ru
     target = State(
         flight.to_state, {}, m._def.clock.now(), m._version, run.attempt, flight.idempotency_key
     )
-    err = await _rollback(m, eff, target, run)
+    err = await rollback(m, eff, target, run)
     if err is not None:
         run.last_error = err
 
 
-async def _fail(
-    m: StateMachine[Any, Any, Any], ct: CompiledTransition, run: _Run, error: BaseException
+async def fail(
+    m: StateMachine[Any, Any, Any], ct: CompiledTransition, run: Run, error: BaseException
 ) -> TransitionResult[Any]:
     """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
     if isinstance(error, _NotDurable):
@@ -360,6 +413,7 @@ async def _fail(
     if m._status != "needs_attention":
         m._in_flight = None
     m._last_error = m.error_record(error)
+    m.note("failed", source=ct.source, to=ct.to, attempts=run.attempt, **error_fields(m, error))
     await m.report_error(error)
     persist_error = await m.persist(bump=True)
     if persist_error is not None:

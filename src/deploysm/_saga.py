@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +59,11 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
             )
             err.__cause__ = e
             failed.append((record.state, err))
+            m.note("compensation_failed", state=record.state, key=record.idempotency_key)
             await m.report_error(err)
             break
         m._committed.remove(record)
+        m.note("compensated", state=record.state, key=record.idempotency_key)
         m._metrics.total_compensations += 1
         m._metrics.total_rollbacks += 1
         done.append(record.state)
@@ -81,20 +84,27 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
 
 async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
     d = m._def
+    hooks = d.hooks
+    obs = d.observer
+    a = m._state
+    if hooks.on_state_exit is not None:
+        await obs.call("on_state_exit", hooks.on_state_exit, a, m._ctx)
     now = d.clock.now()
     visit = m._metrics.states[-1]
     visit.exited_at = now
     visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
-    m._history.append(m._state)
+    if hooks.on_metric is not None:
+        await obs.call("on_metric", hooks.on_metric, dataclasses.replace(visit))
+    m._history.append(a)
     m._version += 1
     m._state = State(name, {"compensated": True}, now, m._version)
-    m._metrics.states.append(StateMetrics(name, now))
+    entered = StateMetrics(name, now)
+    m._metrics.states.append(entered)
     m._metrics.current_state = name
     m._metrics.total_transitions += 1
-    if d.hooks.on_state_enter is not None:
-        await obs_call(m, "on_state_enter", d.hooks.on_state_enter, m._state, m._ctx)
+    m.note("committed", source=a.name, to=name, event=None, attempts=0, key=None)
+    if hooks.on_state_enter is not None:
+        await obs.call("on_state_enter", hooks.on_state_enter, m._state, m._ctx)
+    if hooks.on_metric is not None:
+        await obs.call("on_metric", hooks.on_metric, dataclasses.replace(entered))
     await m.persist()
-
-
-async def obs_call(m: StateMachine[Any, Any, Any], name: str, fn: Any, *args: Any) -> None:
-    await m._def.observer.call(name, fn, *args)

@@ -102,6 +102,12 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
         errors.append("clock must have now() and async sleep(seconds)")
     if cfg.random is not None and not isinstance(cfg.random, _random.Random):
         errors.append("random must be a random.Random")
+    store = cfg.store
+    if store is not None:
+        if not all(callable(getattr(store, n, None)) for n in ("save", "load", "journal", "list")):
+            errors.append("store must implement the Store protocol (deploysm.stores)")
+        if cfg.persist_state is not None or cfg.load_state is not None:
+            errors.append("give either store= or persist_state=/load_state=, not both")
     keys = cfg.redact_keys
     if keys is not None and (
         isinstance(keys, str | bytes)

@@ -1,10 +1,12 @@
 """Where machines live between runs: the ``Store`` protocol and its backends."""
 
 from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, Store
+from ._crypto import EncryptedCodec
 from ._memory import MemoryStore
 
 __all__ = [
     "Codec",
+    "EncryptedCodec",
     "JSONCodec",
     "JournalEntry",
     "JournalRecord",

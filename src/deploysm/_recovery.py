@@ -1,0 +1,189 @@
+"""Finishing what a crash interrupted (``resume``) and operator decisions (``resolve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import _durability as durability
+from ._commit import commit
+from ._definition import CompiledTransition
+from ._effects import Effect, call_maybe_async
+from ._errors import EffectError, ErrorCode, RetryExhaustedError, StateMachineError
+from ._runner import Run, drive, error_fields, fail, rollback, start_attempt
+from ._snapshot import InFlight, SerializableState
+from ._timeouts import uninterrupted
+from ._types import EffectResult, State, TransitionResult
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["ResolveAction", "resolve", "resume"]
+
+ResolveAction = Literal["retry", "mark_succeeded", "mark_failed"]
+_ACTIONS = ("retry", "mark_succeeded", "mark_failed")
+
+
+async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
+    d = m._def
+    if d.store is not None:
+        snap: SerializableState | None = await d.store.load(m._machine_id)
+        return snap
+    if d.load_state is not None:
+        raw = await call_maybe_async(d.load_state)
+        return None if raw is None else SerializableState.coerce(raw)
+    raise StateMachineError(
+        "resume() needs a store= or a load_state= in the config", ErrorCode.INVALID_CONFIG
+    )
+
+
+async def resume(m: StateMachine[Any, Any, Any]) -> TransitionResult[Any] | None:
+    """Load the stored snapshot and finish its in-flight transition, if any."""
+    snap = await load(m)
+    if snap is None:
+        return None
+    durability.rehydrate(m, snap, check_busy=False)
+    flight = m._in_flight
+    if flight is None or m._status != "active":
+        return None
+    ct, eff = _transition_of(m, flight)
+    m.note("resumed", attempt=flight.attempt, phase=flight.phase, key=flight.idempotency_key)
+    if flight.phase == "retry_wait":
+        return await drive(m, ct, flight.event, eff, Run(flight.attempt), flight.next_retry_at)
+    target = _target(m, flight)
+    verdict = await _reconcile(m, eff, target)
+    if verdict == "done":
+        m.note("reconciled", verdict="done", attempt=flight.attempt)
+        done = EffectResult(True, message="reconciled after a restart")
+        return await commit(m, ct, flight.event, done, flight.attempt, 0, flight.idempotency_key)
+    if verdict == "not_done" or eff.idempotent:
+        if verdict == "not_done":
+            m.note("reconciled", verdict="not_done", attempt=flight.attempt)
+        return await _rerun(m, ct, eff, flight, flight.attempt)
+    if eff.rollback is None:
+        return await _park(m, flight)
+    run = Run(flight.attempt)
+    run.unrolled = True
+    error = await rollback(m, eff, target, run)
+    if error is not None:
+        return await fail(m, ct, run, error)
+    policy = m._def.retry
+    if policy is not None and flight.attempt < policy.max_attempts:
+        return await _rerun(m, ct, eff, flight, flight.attempt + 1)
+    crash = EffectError(
+        f"attempt {flight.attempt} of {ct.source} -> {ct.to} was interrupted and rolled back",
+        state=ct.source,
+    )
+    run.errors = 1
+    if policy is not None and policy.max_attempts > 1:
+        exhausted = RetryExhaustedError(
+            f"{ct.source} -> {ct.to}: all {flight.attempt} attempts used",
+            attempts=flight.attempt,
+            state=ct.source,
+        )
+        exhausted.__cause__ = crash
+        return await fail(m, ct, run, exhausted)
+    return await fail(m, ct, run, crash)
+
+
+async def resolve(
+    m: StateMachine[Any, Any, Any], action: str, by: str | None, reason: str | None
+) -> TransitionResult[Any] | None:
+    """Take a parked machine out of ``needs_attention`` as the operator decided."""
+    if action not in _ACTIONS:
+        raise StateMachineError(
+            f"unknown action {action!r}: use one of {', '.join(_ACTIONS)}", "INVALID_ACTION"
+        )
+    if m._status != "needs_attention":
+        raise StateMachineError(
+            f"machine {m._machine_id!r} is {m._status}, not needs_attention: nothing to resolve",
+            "NOT_PARKED",
+        )
+    m.note("resolved", action=action, by=by, reason=reason)
+    m._status = "active"
+    m._last_error = None
+    flight = m._in_flight
+    if flight is None:
+        err = await m.persist(bump=True)
+        if err is not None:
+            raise err
+        return None
+    ct, eff = _transition_of(m, flight)
+    if action == "retry":
+        return await _rerun(m, ct, eff, flight, flight.attempt + 1)
+    if action == "mark_succeeded":
+        done = EffectResult(True, message=f"marked succeeded by {by or 'an operator'}")
+        return await commit(m, ct, flight.event, done, flight.attempt, 0, flight.idempotency_key)
+    run = Run(flight.attempt)
+    run.unrolled = not eff.idempotent
+    if run.unrolled:
+        error = await rollback(m, eff, _target(m, flight), run)
+        if error is not None:
+            return await fail(m, ct, run, error)
+    why = EffectError(f"marked failed by {by or 'an operator'}: {reason or 'no reason given'}")
+    return await fail(m, ct, run, why)
+
+
+async def _rerun(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    eff: Effect[Any],
+    flight: InFlight,
+    attempt: int,
+) -> TransitionResult[Any]:
+    flight.attempt = attempt
+    flight.started_at = m._def.clock.now()
+    await start_attempt(m, flight)
+    return await drive(m, ct, flight.event, eff, Run(attempt))
+
+
+async def _park(m: StateMachine[Any, Any, Any], flight: InFlight) -> TransitionResult[Any]:
+    """A non-idempotent effect without rollback was interrupted: never re-run it alone."""
+    err = StateMachineError(
+        f"attempt {flight.attempt} of {flight.from_state} -> {flight.to_state} was interrupted; "
+        "its effect is not idempotent and has no rollback, so it is not run again: check it "
+        "and resolve() the machine with 'retry', 'mark_succeeded' or 'mark_failed'",
+        ErrorCode.NEEDS_ATTENTION,
+        state=flight.from_state,
+    )
+    m._status = "needs_attention"
+    m._last_error = m.error_record(err)
+    m.note("needs_attention", attempt=flight.attempt, **error_fields(m, err))
+    await m.report_error(err)
+    persist_error = await m.persist(bump=True)
+    return TransitionResult(False, m._state, persist_error or err)
+
+
+async def _reconcile(m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any]) -> str:
+    if eff.reconcile is None:
+        return "unknown"
+    try:
+        verdict = eff.reconcile(m._ctx, target)
+        if inspect.isawaitable(verdict):
+            verdict = await uninterrupted(verdict)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        m.note("reconcile_failed", **error_fields(m, e))
+        return "unknown"
+    return verdict if verdict in ("done", "not_done") else "unknown"
+
+
+def _transition_of(
+    m: StateMachine[Any, Any, Any], flight: InFlight
+) -> tuple[CompiledTransition, Effect[Any]]:
+    for ct in m._def.transitions:
+        same = ct.index == flight.transition_index and ct.source == flight.from_state
+        if same and ct.effect is not None and ct.to == flight.to_state:
+            return ct, ct.effect
+    raise StateMachineError(
+        f"in-flight transition {flight.from_state} -> {flight.to_state} is not in this definition",
+        ErrorCode.INVALID_SNAPSHOT,
+    )
+
+
+def _target(m: StateMachine[Any, Any, Any], flight: InFlight) -> State[Any]:
+    now: datetime = m._def.clock.now()
+    return State(flight.to_state, {}, now, m._version, flight.attempt, flight.idempotency_key)
