@@ -17,15 +17,13 @@ from . import _durability as durability
 from . import _lifecycle as lifecycle
 from . import _recovery as recovery
 from . import _timers as timers
+from ._choice import choose_and_run
 from ._clock import SYSTEM_CLOCK, reset_clock, use_clock
-from ._commit import commit
 from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
-from ._effects import call_maybe_async
-from ._errors import ErrorCode, StateMachineError, TransitionError
+from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
 from ._recovery import ResolveAction
-from ._runner import run_transition
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
 from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
@@ -185,7 +183,7 @@ class StateMachine(Generic[S, E, C]):
             async with lock:
                 self._owner = task
                 try:
-                    result = await self._dispatch_locked(ev)
+                    result = await choose_and_run(self, ev)
                     if self._cancel_requested and self._status != "cancelled":
                         await lifecycle.finish_cancel(self)  # cancel() came from a hook
                     return result
@@ -265,85 +263,6 @@ class StateMachine(Generic[S, E, C]):
                 ErrorCode.NEEDS_ATTENTION,
                 state=self._state.name,
             )
-
-    async def _dispatch_locked(self, ev: Event[Any]) -> TransitionResult[S]:
-        self.check_active()
-        d = self._def
-        state = self._state
-        candidates = d.index.get(state.name, _EMPTY).get(ev.type)
-        if not candidates:
-            why = "unknown event" if ev.type not in d.event_set else "no transition"
-            return await self._refuse(
-                TransitionError(
-                    f"{why}: {state.name!r} has no transition on {ev.type!r}",
-                    state=state.name,
-                    reason="no_transition",
-                    event=ev.type,
-                )
-            )
-        chosen: CompiledTransition | None = None
-        guard_error: Exception | None = None
-        ctx = self._ctx
-        for ct in candidates:
-            guard = ct.guard
-            if guard is None:
-                chosen = ct
-                break
-            try:
-                ok = guard(ctx, ev)
-                if inspect.isawaitable(ok):
-                    ok = await ok
-            except Exception as e:
-                guard_error = e
-                continue
-            if ok:
-                chosen = ct
-                break
-        if chosen is None:
-            err = TransitionError(
-                f"every guard refused {ev.type!r} in {state.name!r}",
-                state=state.name,
-                reason="guard",
-                event=ev.type,
-            )
-            err.__cause__ = guard_error
-            return await self._refuse(err)
-        if d.validate_context is not None:
-            refused = await self._check_context()
-            if refused is not None:
-                return await self._refuse(refused)
-        eff = chosen.effect
-        if eff is None:
-            return await commit(self, chosen, ev, None, 0, 0, None)
-        return await run_transition(self, chosen, ev, eff)
-
-    async def _check_context(self) -> StateMachineError | None:
-        fn = self._def.validate_context
-        assert fn is not None
-        cause: Exception | None = None
-        try:
-            ok = await call_maybe_async(fn, self._ctx)
-        except Exception as e:
-            ok, cause = False, e
-        if ok:
-            return None
-        err = StateMachineError(
-            "the context failed validation; the transition was refused",
-            ErrorCode.INVALID_CONTEXT,
-            state=self._state.name,
-        )
-        err.__cause__ = cause
-        return err
-
-    async def _refuse(self, error: StateMachineError) -> TransitionResult[S]:
-        obs = self._def.observer
-        if obs.enabled("warning"):
-            await obs.log(
-                "warning",
-                f"transition refused: {obs.error_text(error)}",
-                {"machine_id": self._machine_id, "state": self._state.name, "code": error.code},
-            )
-        return TransitionResult(False, self._state, error)
 
     # ------------------------------------------------------------------ durability
 

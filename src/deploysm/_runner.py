@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import inspect
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._attempt import final_error, may_retry, one_attempt
 from ._commit import commit
 from ._definition import CompiledTransition
-from ._effects import Effect, call_maybe_async, to_effect_result
+from ._effects import Effect, call_maybe_async
 from ._errors import (
-    EffectError,
     ErrorCode,
-    RetryExhaustedError,
     StateMachineError,
     TimeoutError,
 )
@@ -169,7 +167,7 @@ async def _attempts(
         if not eff.idempotent:
             run.unrolled = True
         run.in_attempt = True
-        error = await _one_attempt(m, eff, ctx, target, run)
+        error = await one_attempt(m, eff, ctx, target, run)
         run.in_attempt = False
         m._metrics.total_attempts += 1
         if m._cancel_requested:  # cancel() was called from inside this transition
@@ -186,113 +184,10 @@ async def _attempts(
             rb_error = await rollback(m, eff, target, run)
             if rb_error is not None:
                 return rb_error
-        if not await _may_retry(m, eff, error, run, max_attempts):
-            return _final_error(m, ct, error, run, max_attempts)
+        if not await may_retry(m, eff, error, run, max_attempts):
+            return final_error(m, ct, error, run, max_attempts)
         await _before_retry(m, ct, error, target, run)
         started = d.clock.now()
-
-
-async def _one_attempt(
-    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: Run
-) -> BaseException | None:
-    d = m._def
-    try:
-        if d.effect_timeout_s is None:
-            raw = eff.execute(ctx, target)
-            if inspect.isawaitable(raw):
-                raw = await raw
-        else:
-            cm = deadline(d.clock, d.effect_timeout_s)
-            try:
-                async with cm:
-                    raw = await call_maybe_async(eff.execute, ctx, target)
-            except builtins.TimeoutError as e:
-                if not cm.expired():
-                    raise
-                timeout = TimeoutError(
-                    f"effect {eff.label} ran past {d.effect_timeout_s * 1000:g} ms "
-                    f"(attempt {run.attempt})",
-                    state=target.name,
-                )
-                timeout.__cause__ = e
-                run.last_result = None
-                return timeout
-        result = to_effect_result(raw)
-    except asyncio.CancelledError as e:
-        owner = m._owner
-        if owner is None or owner.cancelling() > 0:
-            raise
-        run.last_result = None  # the effect raised CancelledError itself: a failed attempt
-        err = EffectError(f"effect {eff.label} raised CancelledError", state=target.name)
-        err.__cause__ = e
-        return err
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:
-        run.last_result = None
-        return e
-    run.last_result = result
-    if result.success:
-        return None
-    return EffectError(result.message or f"effect {eff.label} reported failure", state=target.name)
-
-
-async def _may_retry(
-    m: StateMachine[Any, Any, Any],
-    eff: Effect[Any],
-    error: BaseException,
-    run: Run,
-    max_attempts: int,
-) -> bool:
-    if run.attempt >= max_attempts:
-        return False
-    if not eff.idempotent and eff.rollback is None:
-        return False  # never run again on top of its own partial result
-    result = run.last_result
-    if result is not None and result.can_retry is False:
-        return False
-    policy = m._def.retry
-    assert policy is not None
-    if policy.retryable_errors is not None and not isinstance(error, policy.retryable_errors):
-        return False
-    if policy.should_retry is not None:
-        try:
-            verdict = policy.should_retry(error, run.attempt)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception as e:
-            obs = m._def.observer
-            if obs.enabled("error"):
-                await obs.log("error", f"should_retry raised {type(e).__name__}; not retrying")
-            return False
-        return bool(verdict)
-    return True
-
-
-def _final_error(
-    m: StateMachine[Any, Any, Any],
-    ct: CompiledTransition,
-    error: BaseException,
-    run: Run,
-    max_attempts: int,
-) -> BaseException:
-    if run.attempt >= max_attempts and max_attempts > 1:
-        err: StateMachineError = RetryExhaustedError(
-            f"{ct.source} -> {ct.to}: all {run.attempt} attempts failed; last: "
-            f"{m._def.observer.error_text(error)}",
-            attempts=run.attempt,
-            state=ct.source,
-        )
-        err.__cause__ = error
-        return err
-    if isinstance(error, StateMachineError):
-        return error
-    wrapped = EffectError(
-        f"{ct.source} -> {ct.to}: {type(error).__name__}: {m._def.observer.error_text(error)}",
-        state=ct.source,
-    )
-    wrapped.__cause__ = error
-    return wrapped
 
 
 async def _before_retry(

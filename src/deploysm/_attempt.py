@@ -1,0 +1,123 @@
+"""One attempt of an effect, and the judgement of whether to try again."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from ._definition import CompiledTransition
+from ._effects import Effect, call_maybe_async, to_effect_result
+from ._errors import EffectError, RetryExhaustedError, StateMachineError, TimeoutError
+from ._timeouts import deadline
+from ._types import State
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+    from ._runner import Run
+
+__all__ = ["final_error", "may_retry", "one_attempt"]
+
+
+async def one_attempt(
+    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: Run
+) -> BaseException | None:
+    d = m._def
+    try:
+        if d.effect_timeout_s is None:
+            raw = eff.execute(ctx, target)
+            if inspect.isawaitable(raw):
+                raw = await raw
+        else:
+            cm = deadline(d.clock, d.effect_timeout_s)
+            try:
+                async with cm:
+                    raw = await call_maybe_async(eff.execute, ctx, target)
+            except builtins.TimeoutError as e:
+                if not cm.expired():
+                    raise
+                timeout = TimeoutError(
+                    f"effect {eff.label} ran past {d.effect_timeout_s * 1000:g} ms "
+                    f"(attempt {run.attempt})",
+                    state=target.name,
+                )
+                timeout.__cause__ = e
+                run.last_result = None
+                return timeout
+        result = to_effect_result(raw)
+    except asyncio.CancelledError as e:
+        owner = m._owner
+        if owner is None or owner.cancelling() > 0:
+            raise
+        run.last_result = None  # the effect raised CancelledError itself: a failed attempt
+        err = EffectError(f"effect {eff.label} raised CancelledError", state=target.name)
+        err.__cause__ = e
+        return err
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        run.last_result = None
+        return e
+    run.last_result = result
+    if result.success:
+        return None
+    return EffectError(result.message or f"effect {eff.label} reported failure", state=target.name)
+
+
+async def may_retry(
+    m: StateMachine[Any, Any, Any],
+    eff: Effect[Any],
+    error: BaseException,
+    run: Run,
+    max_attempts: int,
+) -> bool:
+    if run.attempt >= max_attempts:
+        return False
+    if not eff.idempotent and eff.rollback is None:
+        return False  # never run again on top of its own partial result
+    result = run.last_result
+    if result is not None and result.can_retry is False:
+        return False
+    policy = m._def.retry
+    assert policy is not None
+    if policy.retryable_errors is not None and not isinstance(error, policy.retryable_errors):
+        return False
+    if policy.should_retry is not None:
+        try:
+            verdict = policy.should_retry(error, run.attempt)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as e:
+            obs = m._def.observer
+            if obs.enabled("error"):
+                await obs.log("error", f"should_retry raised {type(e).__name__}; not retrying")
+            return False
+        return bool(verdict)
+    return True
+
+
+def final_error(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    error: BaseException,
+    run: Run,
+    max_attempts: int,
+) -> BaseException:
+    if run.attempt >= max_attempts and max_attempts > 1:
+        err: StateMachineError = RetryExhaustedError(
+            f"{ct.source} -> {ct.to}: all {run.attempt} attempts failed; last: "
+            f"{m._def.observer.error_text(error)}",
+            attempts=run.attempt,
+            state=ct.source,
+        )
+        err.__cause__ = error
+        return err
+    if isinstance(error, StateMachineError):
+        return error
+    wrapped = EffectError(
+        f"{ct.source} -> {ct.to}: {type(error).__name__}: {m._def.observer.error_text(error)}",
+        state=ct.source,
+    )
+    wrapped.__cause__ = error
+    return wrapped

@@ -1,0 +1,107 @@
+"""Choosing the transition for an event (guards, context check) and starting it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._commit import commit
+from ._definition import CompiledTransition
+from ._effects import call_maybe_async
+from ._errors import ErrorCode, StateMachineError, TransitionError
+from ._runner import run_transition
+from ._types import Event, TransitionResult
+
+if TYPE_CHECKING:
+    from ._engine import StateMachine
+
+__all__ = ["choose_and_run"]
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
+    """Rule 1 and on: pick the transition, check the context, run the effect or commit."""
+    m.check_active()
+    d = m._def
+    state = m._state
+    candidates = d.index.get(state.name, _EMPTY).get(ev.type)
+    if not candidates:
+        why = "unknown event" if ev.type not in d.event_set else "no transition"
+        return await _refuse(
+            m,
+            TransitionError(
+                f"{why}: {state.name!r} has no transition on {ev.type!r}",
+                state=state.name,
+                reason="no_transition",
+                event=ev.type,
+            ),
+        )
+    chosen: CompiledTransition | None = None
+    guard_error: Exception | None = None
+    ctx = m._ctx
+    for ct in candidates:
+        guard = ct.guard
+        if guard is None:
+            chosen = ct
+            break
+        try:
+            ok = guard(ctx, ev)
+            if inspect.isawaitable(ok):
+                ok = await ok
+        except Exception as e:
+            guard_error = e
+            continue
+        if ok:
+            chosen = ct
+            break
+    if chosen is None:
+        err = TransitionError(
+            f"every guard refused {ev.type!r} in {state.name!r}",
+            state=state.name,
+            reason="guard",
+            event=ev.type,
+        )
+        err.__cause__ = guard_error
+        return await _refuse(m, err)
+    if d.validate_context is not None:
+        refused = await _check_context(m)
+        if refused is not None:
+            return await _refuse(m, refused)
+    eff = chosen.effect
+    if eff is None:
+        return await commit(m, chosen, ev, None, 0, 0, None)
+    return await run_transition(m, chosen, ev, eff)
+
+
+async def _check_context(m: StateMachine[Any, Any, Any]) -> StateMachineError | None:
+    fn = m._def.validate_context
+    assert fn is not None
+    cause: Exception | None = None
+    try:
+        ok = await call_maybe_async(fn, m._ctx)
+    except Exception as e:
+        ok, cause = False, e
+    if ok:
+        return None
+    err = StateMachineError(
+        "the context failed validation; the transition was refused",
+        ErrorCode.INVALID_CONTEXT,
+        state=m._state.name,
+    )
+    err.__cause__ = cause
+    return err
+
+
+async def _refuse(
+    m: StateMachine[Any, Any, Any], error: StateMachineError
+) -> TransitionResult[Any]:
+    obs = m._def.observer
+    if obs.enabled("warning"):
+        await obs.log(
+            "warning",
+            f"transition refused: {obs.error_text(error)}",
+            {"machine_id": m._machine_id, "state": m._state.name, "code": error.code},
+        )
+    return TransitionResult(False, m._state, error)
