@@ -3,6 +3,8 @@
 from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, Store
 from ._crypto import EncryptedCodec
 from ._memory import MemoryStore
+from ._open import open_store
+from ._sqlite import SQLiteStore
 
 __all__ = [
     "Codec",
@@ -12,5 +14,7 @@ __all__ = [
     "JournalRecord",
     "MachineInfo",
     "MemoryStore",
+    "SQLiteStore",
     "Store",
+    "open_store",
 ]

@@ -1,0 +1,335 @@
+"""``SQLiteStore``: the embedded default store (one file, WAL, durable commits).
+
+Writes go to one writer thread that owns the write connection and commits the
+saves of concurrent machines together (group commit: one transaction and one fsync
+per batch, each save's compare-and-set checked on its own inside a SAVEPOINT), see
+``_sqlite_writer``. With ``synchronous="FULL"`` (the default) a save returns only
+once its batch is durable.
+
+Reads (``load``, ``journal``, ``list``) run inline on the event loop, on a second,
+read-only connection: in WAL mode a reader never waits for the writer, and a short
+indexed read costs less than the thread hop that would move it off the loop. Measured
+on a 2-core VM (~1 KB snapshot, 100 machines), inline vs ``asyncio.to_thread``:
+``load`` 36-45 us vs 96-151 us; ``journal`` (5 entries) 22 vs 82-94 us; ``list`` (100
+rows) 197-211 vs 248-308 us. Decoding, the bulk of a ``load``, needs the GIL anyway.
+(A write pays that hop, ~80 us here, but it also waits for an fsync.)
+
+Several processes on one host may share a file: SQLite's locks serialize their
+writers; a writer kept waiting longer than ``busy_timeout_ms`` fails with
+``STORE_BUSY``. The newest schema a database may have is the newest this code
+knows; a newer one is refused with ``SCHEMA_TOO_NEW``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .._errors import ErrorCode, StateMachineError
+from .._snapshot import SerializableState
+from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
+
+__all__ = ["SCHEMA_TOO_NEW", "STORE_BUSY", "SQLiteStore"]
+
+T = TypeVar("T")
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_INSERT = (
+    "INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot,"
+    " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_UPDATE = (
+    "UPDATE machines SET workflow = coalesce(?2, workflow), definition_id = ?3, status = ?4,"
+    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8 WHERE id = ?1 AND version = ?9"
+)
+_JOURNAL = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
+_LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
+
+
+class SQLiteStore:
+    """A ``Store`` in one SQLite file. ``async with SQLiteStore(path) as store:`` opens
+    and closes it; a store that is used before ``open()`` (or after ``close()``)
+    opens itself. ``":memory:"`` is refused: the writer thread owns its connection,
+    so an in-memory database would not be shared with the reader."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        codec: Codec | None = None,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text or text == ":memory:" or "mode=memory" in text:
+            raise ValueError(
+                f"SQLiteStore needs a file path, not {text!r}: an in-memory database is not "
+                "supported (its writer thread owns the connection); use MemoryStore instead"
+            )
+        if text.startswith("file:"):
+            raise ValueError(f"SQLiteStore takes a file path, not a URI: {text!r}")
+        sync = str(synchronous).upper()
+        if sync not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        if isinstance(busy_timeout_ms, bool) or not isinstance(busy_timeout_ms, int):
+            raise ValueError("busy_timeout_ms must be an int")
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must be >= 0")
+        self.path = Path(text)
+        self.codec: Codec = codec if codec is not None else JSONCodec()
+        self.synchronous = sync
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: Writer | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._past_commits = 0
+        self._past_requests = 0
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Create the file (and its folder) if needed, apply migrations, start the writer."""
+        if self._writer is not None:
+            return
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
+            return
+        opening = self._opening = asyncio.get_running_loop().create_future()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            writer = Writer(
+                str(self.path), busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous
+            )
+            reader = await writer.start()
+        except BaseException as e:
+            err = e if isinstance(e, Exception) else StateMachineError("open() was interrupted")
+            opening.set_exception(err)
+            opening.exception()  # whoever waits gets it; nobody else needs to
+            raise
+        finally:
+            self._opening = None
+        self._writer, self._reader = writer, reader
+        self._finalizer = weakref.finalize(self, _abandon, writer, reader)
+        opening.set_result(None)
+
+    async def close(self) -> None:
+        """Finish every queued write, stop the writer thread, close both connections.
+        Idempotent. Writes submitted while closing fail; a later call reopens."""
+        if self._opening is not None:
+            try:
+                await asyncio.shield(self._opening)
+            except Exception:
+                return
+        writer, reader = self._writer, self._reader
+        if writer is None or reader is None:
+            return
+        await writer.stop()
+        if self._writer is writer:
+            self._writer = self._reader = None
+            self._past_commits += writer.commits
+            self._past_requests += writer.requests
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            reader.close()
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (one per batch of saves)."""
+        w = self._writer
+        return self._past_commits + (w.commits if w is not None else 0)
+
+    @property
+    def write_requests(self) -> int:
+        """Write operations run so far; ``write_requests / commits`` is the batching."""
+        w = self._writer
+        return self._past_requests + (w.requests if w is not None else 0)
+
+    async def _ready(self) -> tuple[Writer, sqlite3.Connection]:
+        if self._writer is None or self._reader is None:
+            await self.open()
+        assert self._writer is not None and self._reader is not None
+        return self._writer, self._reader
+
+    # -------------------------------------------------------- extension points
+
+    async def run_write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op(connection)`` on the writer thread, in the next batch's transaction
+        and in a SAVEPOINT of its own: if it raises, its changes are undone and the
+        error is raised here (SQLite errors as ``STORE_BUSY``/``PERSISTENCE_ERROR``);
+        otherwise its result is returned once the batch is durable."""
+        writer, _ = await self._ready()
+        result: T = await writer.submit(op)
+        return result
+
+    async def run_read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` inline on the read-only connection (keep it short and indexed)."""
+        _, reader = await self._ready()
+        try:
+            return op(reader)
+        except sqlite3.Error as e:
+            raise store_error(e) from e
+
+    # ------------------------------------------------------------------- Store
+
+    async def save(
+        self,
+        snapshot: SerializableState,
+        *,
+        expected_version: int | None,
+        journal: Sequence[JournalRecord] = (),
+        workflow: str | None = None,
+    ) -> None:
+        """Compare-and-set: write ``snapshot`` and its journal records in one transaction
+        if the stored version is ``expected_version`` (``None``: the machine must not
+        exist yet); otherwise raise ``CONFLICT`` and write nothing. Returns once the
+        write is durable. A caller cancelled while waiting does not undo a write that
+        is already queued (shield the call to learn its outcome)."""
+        mid = snapshot.machine_id
+        blob = self.codec.encode(mid, snapshot.to_dict())
+        values = (
+            mid,
+            workflow,
+            snapshot.definition_id,
+            snapshot.status,
+            snapshot.current_state.name,
+            snapshot.version,
+            blob,
+            utc_text(),
+        )
+        rows = [
+            (mid, snapshot.version, rec.kind, utc_text(rec.at), _json(rec.data)) for rec in journal
+        ]
+        writer, _ = await self._ready()
+        await writer.submit(_SaveOp(values, expected_version, rows))
+
+    async def load(self, machine_id: str) -> SerializableState | None:
+        _, reader = await self._ready()
+        try:
+            row = reader.execute(
+                "SELECT snapshot FROM machines WHERE id = ?", (machine_id,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise store_error(e) from e
+        return None if row is None else _decode(self.codec, machine_id, row[0])
+
+    async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
+        _, reader = await self._ready()
+        try:
+            rows = reader.execute(
+                "SELECT seq, version, kind, at, data FROM journal"
+                " WHERE machine_id = ? AND seq > ? ORDER BY seq",
+                (machine_id, after),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise store_error(e) from e
+        return [
+            JournalEntry(seq, machine_id, v, kind, datetime.fromisoformat(at), json.loads(data))
+            for seq, v, kind, at, data in rows
+        ]
+
+    async def list(self, status: str | None = None) -> list[MachineInfo]:
+        _, reader = await self._ready()
+        try:
+            if status is None:
+                cur = reader.execute(_LIST + " ORDER BY id")
+            else:
+                cur = reader.execute(_LIST + " WHERE status = ? ORDER BY id", (status,))
+            rows = cur.fetchall()
+        except sqlite3.Error as e:
+            raise store_error(e) from e
+        return [
+            MachineInfo(mid, wf, did, st, state, v, datetime.fromisoformat(at))
+            for mid, wf, did, st, state, v, at in rows
+        ]
+
+
+class _SaveOp:
+    """One save, run on the writer thread inside its own SAVEPOINT."""
+
+    __slots__ = ("expected", "journal", "values")
+
+    def __init__(
+        self,
+        values: tuple[Any, ...],
+        expected: int | None,
+        journal: list[tuple[Any, ...]],
+    ) -> None:
+        self.values = values
+        self.expected = expected
+        self.journal = journal
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        expected = self.expected
+        if expected is None:
+            cur = conn.execute(_INSERT, self.values)
+        else:
+            cur = conn.execute(_UPDATE, (*self.values, expected))
+        if cur.rowcount != 1:
+            mid = self.values[0]
+            row = conn.execute("SELECT version FROM machines WHERE id = ?", (mid,)).fetchone()
+            raise conflict(mid, expected, None if row is None else row[0])
+        if self.journal:
+            conn.executemany(_JOURNAL, self.journal)
+
+
+def _json(data: Any) -> str:
+    # The journal is for people and tools: a value JSON cannot hold is kept as its str()
+    # rather than failing the durable write it explains.
+    return json.dumps(dict(data), separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _decode(codec: Codec, machine_id: str, blob: Any) -> SerializableState:
+    """The stored snapshot, validated; whatever is wrong with it is ``INVALID_SNAPSHOT``."""
+    try:
+        if isinstance(blob, str):
+            blob = blob.encode()
+        if not isinstance(blob, bytes):
+            raise TypeError(f"the stored snapshot is a {type(blob).__name__}, not bytes")
+        snap = SerializableState.from_dict(codec.decode(machine_id, blob))
+    except StateMachineError as e:
+        if e.code == ErrorCode.INVALID_SNAPSHOT:
+            raise
+        raise _invalid(machine_id, f"{e.code}: {e.message}") from e
+    except Exception as e:
+        raise _invalid(machine_id, f"{type(e).__name__}: {e}") from e
+    if snap.machine_id != machine_id:
+        raise _invalid(machine_id, f"it is the snapshot of {snap.machine_id!r}")
+    return snap
+
+
+def _invalid(machine_id: str, why: str) -> StateMachineError:
+    return StateMachineError(
+        f"stored snapshot of {machine_id!r} is invalid: {why}", ErrorCode.INVALID_SNAPSHOT
+    )
+
+
+def _abandon(writer: Writer, reader: sqlite3.Connection) -> None:
+    """A store collected without ``close()``: let its thread finish and end."""
+    writer.stop_nowait()
+    reader.close()

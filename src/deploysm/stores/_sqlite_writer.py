@@ -1,0 +1,364 @@
+"""The machinery behind ``SQLiteStore``: connections, migrations, the writer thread.
+
+One thread owns the write connection. Callers ``submit`` an operation (a function of
+the connection) and await a future. The thread takes every operation queued so far,
+runs them in ONE transaction, each in its own SAVEPOINT (one that raises, e.g. a
+compare-and-set ``CONFLICT``, is rolled back alone; the others still commit), commits
+once (one fsync per batch: group commit), then settles the futures on their own loops
+with ``call_soon_threadsafe`` (one wake-up per loop per batch). While a batch is made
+durable the next one queues up, so batches grow with the load; nobody waits on a timer.
+
+Migrations are the files ``sql/sqlite/NNNN_name.sql`` beside this module, applied
+in order inside ``BEGIN IMMEDIATE`` and recorded in the ``deploysm_schema`` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+
+from .._errors import ErrorCode, StateMachineError
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+STORE_BUSY = ErrorCode.STORE_BUSY
+SCHEMA_TOO_NEW = ErrorCode.SCHEMA_TOO_NEW
+_BUSY = (5, 6)  # primary result codes SQLITE_BUSY and SQLITE_LOCKED
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS deploysm_schema ("
+    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
+
+
+def utc_text(d: datetime | None = None) -> str:
+    """ISO-8601 UTC text with microseconds (fixed width, so text order is time order);
+    a naive datetime is taken to be UTC already."""
+    d = datetime.now(UTC) if d is None else d
+    d = d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+    return d.isoformat(timespec="microseconds")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def is_busy(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.Error) and (e.sqlite_errorcode & 0xFF) in _BUSY
+
+
+def store_error(e: Exception) -> Exception:
+    """What a caller sees for ``e``: SQLite errors become ``STORE_BUSY`` or
+    ``PERSISTENCE_ERROR`` (cause chained), anything else passes through."""
+    if not isinstance(e, sqlite3.Error):
+        return e
+    busy = is_busy(e)
+    why = "busy (locked by another writer past the busy timeout)" if busy else "error"
+    code = STORE_BUSY if busy else ErrorCode.PERSISTENCE_ERROR
+    err = StateMachineError(f"SQLite store {why}: {type(e).__name__}: {e}", code)
+    err.__cause__ = e
+    return err
+
+
+def _closed() -> StateMachineError:
+    return StateMachineError("the SQLite store is closed", ErrorCode.PERSISTENCE_ERROR)
+
+
+def retry_busy(fn: Callable[[], T], busy_timeout_ms: int) -> T:
+    """Run ``fn``, again while SQLite answers BUSY, until ``busy_timeout_ms`` passed (for
+    the cases where SQLite's own busy handler is not invoked, e.g. WAL recovery)."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if not is_busy(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# ----------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def split_sql(script: str) -> tuple[str, ...]:
+    """The statements of ``script`` (``executescript`` would commit our transaction)."""
+    out: list[str] = []
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if re.sub(r"--[^\n]*", "", buf).strip(" \t\r\n;"):
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {buf!r}")
+    return tuple(out)
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """The packaged migrations in order; their numbers must run 1, 2, 3, ..."""
+    root = resources.files("deploysm.stores") / "sql" / "sqlite"
+    found: list[Migration] = []
+    for entry in root.iterdir():
+        m = _FILE.match(entry.name)
+        if m is not None:
+            text = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(m[1]), m[2], split_sql(text)))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"SQLite migrations must be numbered 0001, 0002, ...: {found}")
+    return tuple(found)
+
+
+def _schema_version(conn: sqlite3.Connection, known: int) -> int:
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deploysm_schema'"
+    if conn.execute(sql).fetchone() is None:
+        return 0
+    (found,) = conn.execute("SELECT coalesce(max(version), 0) FROM deploysm_schema").fetchone()
+    if found > known:
+        msg = f"database schema version {found} is newer than this deploysm's ({known})"
+        raise StateMachineError(msg + "; upgrade deploysm to open it", SCHEMA_TOO_NEW)
+    return int(found)
+
+
+def migrate(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Bring the schema up to date; idempotent and safe when processes race to do it."""
+    known = migrations()
+    if _schema_version(conn, len(known)) == len(known):
+        return
+    retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout_ms)
+    try:
+        conn.execute(_SCHEMA_TABLE)
+        current = _schema_version(conn, len(known))  # again, under the write lock
+        for m in known[current:]:
+            for stmt in m.statements:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO deploysm_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                (m.version, m.name, utc_text()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def connect(path: str, busy_timeout_ms: int, synchronous: str, writer: bool) -> sqlite3.Connection:
+    """Autocommit mode (we issue BEGIN/COMMIT), WAL, ``synchronous``, busy timeout,
+    foreign keys; the reader is ``query_only``."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if writer:
+            wal = lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]  # noqa: E731
+            if str(mode := retry_busy(wal, busy_timeout_ms)).lower() != "wal":
+                raise StateMachineError(f"WAL mode refused: {mode!r}", ErrorCode.PERSISTENCE_ERROR)
+        for pragma in (f"synchronous = {synchronous}", "foreign_keys = ON"):
+            conn.execute(f"PRAGMA {pragma}")
+        if not writer:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# --------------------------------------------------------------------------- writer
+
+Loop = asyncio.AbstractEventLoop
+_Request = tuple[Op, Loop, "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", Exception | None, Any]
+
+
+def _post(loop: Loop, fn: Callable[..., object], *args: Any) -> None:
+    with suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for fut, err, value in outcomes:
+        if fut.done():  # the caller was cancelled
+            continue
+        if err is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(err)
+
+
+def _deliver(fut: asyncio.Future[sqlite3.Connection], reader: sqlite3.Connection) -> None:
+    if fut.done():  # open() was cancelled
+        reader.close()
+    else:
+        fut.set_result(reader)
+
+
+class Writer:
+    """Owns the write connection on a thread of its own; see the module docstring.
+
+    ``commits`` counts the batch transactions committed, ``requests`` the operations
+    run (a store's group-commit ratio is ``requests / commits``)."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int, synchronous: str) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self.commits = 0
+        self.requests = 0
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._finished = False
+        self._waiters: list[tuple[Loop, asyncio.Future[None]]] = []
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> sqlite3.Connection:
+        """Open, migrate, start serving; returns a read connection to the same file."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[sqlite3.Connection] = loop.create_future()
+        self._accepting = True
+        self._thread = threading.Thread(
+            target=self._main, args=(loop, ready), name="deploysm-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        try:
+            return await ready
+        except BaseException:
+            self.stop_nowait()
+            raise
+
+    def submit(self, op: Op) -> asyncio.Future[Any]:
+        """Queue ``op`` for the next batch; the future gets its result or its error."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if not self._accepting:
+                raise _closed()
+            self._queue.put((op, loop, fut))
+        return fut
+
+    def stop_nowait(self) -> None:
+        """Stop accepting; what is queued still runs, then the thread ends."""
+        with self._lock:
+            if self._accepting:
+                self._accepting = False
+                self._queue.put(None)
+
+    async def stop(self) -> None:
+        """``stop_nowait``, then wait until every queued operation is settled and the
+        connection is closed. Idempotent; callable from any event loop."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._finished:
+                return
+            self._waiters.append((loop, done))
+        self.stop_nowait()
+        await done
+        if self._thread is not None:
+            self._thread.join()
+
+    # ------------------------------------------------------------ on the writer thread
+
+    def _main(self, loop: Loop, ready: asyncio.Future[sqlite3.Connection]) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(self.path, self.busy_timeout_ms, self.synchronous, writer=True)
+            migrate(conn, self.busy_timeout_ms)
+            reader = connect(self.path, self.busy_timeout_ms, self.synchronous, writer=False)
+        except Exception as e:
+            if conn is not None:
+                conn.close()
+            _post(loop, _settle, [(ready, store_error(e), None)])
+            self._finish()
+            return
+        _post(loop, _deliver, ready, reader)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+            self._finish()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            with suppress(queue.Empty):
+                while True:
+                    batch.append(get_nowait())
+            stop = batch[-1] is None  # nothing is ever queued after the stop mark
+            requests = [r for r in batch if r is not None]
+            if requests:
+                self._run_batch(conn, requests)
+            if stop:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        results: list[tuple[Exception | None, Any]] = []
+        execute = conn.execute
+        try:
+            retry_busy(lambda: execute("BEGIN IMMEDIATE"), self.busy_timeout_ms)
+            for op, _, _ in batch:
+                execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as e:
+                    execute("ROLLBACK TO op")
+                    execute("RELEASE op")
+                    results.append((store_error(e), None))
+                else:
+                    execute("RELEASE op")
+                    results.append((None, value))
+            execute("COMMIT")
+            self.commits += 1
+        except Exception as e:  # nothing of this batch is durable: every request fails
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    execute("ROLLBACK")
+            results = [(store_error(e), None) for _ in batch]
+        self.requests += len(batch)
+        by_loop: dict[Loop, list[_Outcome]] = {}
+        for (_, loop, fut), (err, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(loop, []).append((fut, err, value))
+        for loop, outcomes in by_loop.items():
+            _post(loop, _settle, outcomes)
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._accepting = False
+            self._finished = True
+            waiters, self._waiters = self._waiters, []
+        leftovers: list[_Request] = []
+        with suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not None:
+                    leftovers.append(item)
+        for _, loop, fut in leftovers:  # only after a crash of the thread itself
+            _post(loop, _settle, [(fut, _closed(), None)])
+        for loop, fut in waiters:
+            _post(loop, _settle, [(fut, None, None)])
