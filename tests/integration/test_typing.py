@@ -45,9 +45,7 @@ BAD_EVENT = GOOD.replace('await sm.dispatch("GO")', 'await sm.dispatch("GOO")')
 def _check(tmp_path: Path, source: str) -> tuple[str, int]:
     path = tmp_path / "snippet.py"
     path.write_text(textwrap.dedent(source))
-    out, err, status = api.run(
-        ["--strict", "--no-incremental", "--cache-dir=/dev/null", str(path)]
-    )
+    out, err, status = api.run(["--strict", "--no-incremental", "--cache-dir=/dev/null", str(path)])
     return out + err, status
 
 
