@@ -19,22 +19,36 @@ if TYPE_CHECKING:
 __all__ = ["build_snapshot", "persist", "rehydrate"]
 
 
-def build_snapshot(m: StateMachine[Any, Any, Any]) -> SerializableState:
-    """The machine as a snapshot, its context encoded to JSON-safe data (a copy)."""
+def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> SerializableState:
+    """The machine as a snapshot, its context encoded to JSON-safe data.
+
+    ``copy=False`` shares the machine's lists and records instead of copying them:
+    only for a consumer that encodes the snapshot before it next awaits (a store's
+    ``save`` does), since the machine goes on changing them."""
     d = m._def
     flight = m._in_flight
+    if copy:
+        metrics = m.get_metrics()
+        history = list(m._history)
+        committed = list(m._committed)
+        flight = dataclasses.replace(flight) if flight is not None else None
+    else:
+        metrics = dataclasses.replace(m._metrics, states=m._metrics.states)
+        metrics.total_duration_ms = m.duration_ms()
+        history = m._history
+        committed = m._committed
     return SerializableState(
         current_state=m._state,
         context=jsonable(m._ctx),
-        history=list(m._history),
-        metrics=m.get_metrics(),
+        history=history,
+        metrics=metrics,
         version=m._version,
         machine_id=m._machine_id,
         definition_id=d.id,
         fingerprint=d.fingerprint,
         status=m._status,
-        in_flight=dataclasses.replace(flight) if flight is not None else None,
-        committed_effects=list(m._committed),
+        in_flight=flight,
+        committed_effects=committed,
         last_error=dict(m._last_error) if m._last_error else None,
         state_deadline=m._state_deadline,
     )
@@ -53,7 +67,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     if bump:
         m._version += 1
     try:
-        snap = build_snapshot(m)
+        snap = build_snapshot(m, copy=store is None)
         if store is not None:
             pending = m._pending
             m._pending = []

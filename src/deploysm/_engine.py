@@ -137,12 +137,16 @@ class StateMachine(Generic[S, E, C]):
     def get_metrics(self) -> StateMachineMetrics:
         m = self._metrics
         copy = dataclasses.replace(m, states=[dataclasses.replace(v) for v in m.states])
-        visits = m.states
-        if visits:
-            last = visits[-1]
-            end = last.entered_at if self._status != "active" else self._def.clock.now()
-            copy.total_duration_ms = (end - visits[0].entered_at).total_seconds() * 1000.0
+        copy.total_duration_ms = self.duration_ms()
         return copy
+
+    def duration_ms(self) -> float:
+        """From entering the first state to now (to the last state once finished)."""
+        visits = self._metrics.states
+        if not visits:
+            return 0.0
+        end = visits[-1].entered_at if self._status != "active" else self._def.clock.now()
+        return (end - visits[0].entered_at).total_seconds() * 1000.0
 
     def available_transitions(self) -> list[CompiledTransition]:
         """The transitions the current state accepts, in declaration order."""

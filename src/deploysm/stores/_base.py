@@ -115,7 +115,10 @@ class Store(Protocol):
         workflow: str | None = None,
     ) -> None:
         """Write ``snapshot`` if the stored version is ``expected_version`` (``None``: the
-        machine must not exist yet); otherwise raise ``CONFLICT`` and write nothing."""
+        machine must not exist yet); otherwise raise ``CONFLICT`` and write nothing.
+
+        A store encodes ``snapshot`` before its first ``await``: the engine hands over
+        its live lists rather than copies."""
         ...
 
     async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
