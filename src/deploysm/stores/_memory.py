@@ -3,27 +3,89 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .._codec import jsonable
+from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
 
 __all__ = ["MemoryStore"]
 
+_FINISHED = ("completed", "failed", "cancelled")
+
 
 class _Row:
-    __slots__ = ("blob", "definition_id", "state", "status", "updated_at", "version", "workflow")
+    __slots__ = (
+        "blob",
+        "busy",
+        "cancel",
+        "context",
+        "definition_id",
+        "inbox",
+        "lease_owner",
+        "lease_until",
+        "seen",
+        "state",
+        "status",
+        "token",
+        "updated_at",
+        "version",
+        "wake_at",
+        "workflow",
+    )
 
-    def __init__(self, snap: SerializableState, blob: bytes, workflow: str | None) -> None:
+    def __init__(self, workflow: str | None) -> None:
+        self.blob: bytes | None = None
+        self.version = 0
+        self.status = "active"
+        self.state = ""
+        self.definition_id = ""
+        self.workflow = workflow
+        self.updated_at = _now()
+        self.context: Any = None
+        self.busy = False
+        self.cancel = False
+        self.inbox: list[tuple[int, str, dict[str, Any], datetime]] = []
+        self.seen: set[str] = set()
+        self.lease_owner: str | None = None
+        self.lease_until: datetime | None = None
+        self.token = 0
+        self.wake_at: datetime | None = None
+
+    def take(self, snap: SerializableState, blob: bytes, workflow: str | None) -> None:
         self.blob = blob
         self.version = snap.version
         self.status = snap.status
         self.state = snap.current_state.name
         self.definition_id = snap.definition_id
-        self.workflow = workflow
-        self.updated_at = datetime.now(UTC)
+        self.busy = snap.in_flight is not None
+        if workflow is not None:
+            self.workflow = workflow
+        self.updated_at = _now()
+
+    def leased(self, now: datetime) -> bool:
+        return (
+            self.lease_owner is not None
+            and self.lease_until is not None
+            and (self.lease_until > now)
+        )
+
+    def has_work(self, now: datetime) -> bool:
+        return (
+            self.blob is None
+            or self.busy
+            or self.cancel
+            or bool(self.inbox)
+            or (self.wake_at is not None and self.wake_at <= now)
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class MemoryStore:
@@ -35,6 +97,15 @@ class MemoryStore:
         self._rows: dict[str, _Row] = {}
         self._journal: list[JournalEntry] = []
         self._lock = asyncio.Lock()
+        self._seq = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def open(self) -> None:
         return None
@@ -44,7 +115,7 @@ class MemoryStore:
 
     async def load(self, machine_id: str) -> SerializableState | None:
         row = self._rows.get(machine_id)
-        if row is None:
+        if row is None or row.blob is None:
             return None
         return SerializableState.from_dict(self.codec.decode(machine_id, row.blob))
 
@@ -55,6 +126,8 @@ class MemoryStore:
         expected_version: int | None,
         journal: Sequence[JournalRecord] = (),
         workflow: str | None = None,
+        token: int | None = None,
+        consumed: Sequence[int] = (),
     ) -> None:
         mid = snapshot.machine_id
         blob = self.codec.encode(mid, snapshot.to_dict())
@@ -63,17 +136,127 @@ class MemoryStore:
             found = row.version if row is not None else None
             if found != expected_version:
                 raise conflict(mid, expected_version, found)
-            new = _Row(snapshot, blob, workflow if workflow is not None else _wf(row))
-            self._rows[mid] = new
-            seq = len(self._journal)
+            if row is not None:
+                if token is not None and row.token != token:
+                    raise lease_lost(mid, token)
+                if token is None and row.leased(_now()):
+                    raise lease_lost(mid, None)
+            else:
+                row = self._rows[mid] = _Row(workflow)
+            row.take(snapshot, blob, workflow)
+            if consumed:
+                gone = set(consumed)
+                row.inbox = [m for m in row.inbox if m[0] not in gone]
             for rec in journal:
-                seq += 1
+                self._seq += 1
+                row_data = dict(rec.data)
                 self._journal.append(
-                    JournalEntry(seq, mid, snapshot.version, rec.kind, rec.at, dict(rec.data))
+                    JournalEntry(self._seq, mid, snapshot.version, rec.kind, rec.at, row_data)
                 )
 
     async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
         return [e for e in self._journal if e.machine_id == machine_id and e.seq > after]
+
+    # ---------------------------------------------------------------- runtime
+
+    async def start(self, workflow: str, machine_id: str, context: Any) -> None:
+        try:
+            data = jsonable(context)
+        except TypeError as e:
+            raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        async with self._lock:
+            if machine_id in self._rows:
+                raise conflict(machine_id, None, self._rows[machine_id].version)
+            row = self._rows[machine_id] = _Row(workflow)
+            row.context = data
+        self._notify()
+
+    async def send(self, machine_id: str, event: Any, event_id: str | None = None) -> bool:
+        event_id, fields = event_fields(event, event_id)
+        async with self._lock:
+            row = self._rows.get(machine_id)
+            if row is None:
+                raise unknown_machine(machine_id)
+            if event_id in row.seen:
+                return False
+            if row.status in _FINISHED:
+                raise StateMachineError(
+                    f"machine {machine_id!r} is {row.status}; it takes no more events",
+                    ErrorCode.NOT_ACTIVE,
+                )
+            self._seq += 1
+            row.seen.add(event_id)
+            row.inbox.append((self._seq, event_id, fields, _now()))
+        self._notify()
+        return True
+
+    async def request_cancel(self, machine_id: str) -> None:
+        async with self._lock:
+            row = self._rows.get(machine_id)
+            if row is None:
+                raise unknown_machine(machine_id)
+            row.cancel = True
+        self._notify()
+
+    async def claim(self, worker_id: str, *, limit: int, lease_ms: int) -> list[Claim]:
+        now = _now()
+        out: list[Claim] = []
+        async with self._lock:
+            for mid, row in sorted(self._rows.items()):
+                if len(out) >= limit:
+                    break
+                if row.status != "active" or row.leased(now) or not row.has_work(now):
+                    continue
+                row.lease_owner = worker_id
+                row.lease_until = now + timedelta(milliseconds=lease_ms)
+                row.token += 1
+                row.wake_at = None
+                snap = None
+                if row.blob is not None:
+                    snap = SerializableState.from_dict(self.codec.decode(mid, row.blob))
+                wf = row.workflow or row.definition_id
+                out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel))
+        return out
+
+    async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
+        now = _now()
+        lost: set[str] = set()
+        async with self._lock:
+            for mid, token in leases.items():
+                row = self._rows.get(mid)
+                if row is None or row.token != token or row.lease_owner != worker_id:
+                    lost.add(mid)
+                    continue
+                row.lease_until = now + timedelta(milliseconds=lease_ms)
+        return lost
+
+    async def release(self, machine_id: str, token: int, *, wake_at: datetime | None) -> bool:
+        async with self._lock:
+            row = self._rows.get(machine_id)
+            if row is None or row.token != token:
+                return False
+            row.lease_owner = None
+            row.lease_until = None
+            row.wake_at = wake_at
+        self._notify()
+        return True
+
+    async def next_event(self, machine_id: str) -> InboxEvent | None:
+        row = self._rows.get(machine_id)
+        if row is None or not row.inbox:
+            return None
+        seq, event_id, fields, at = row.inbox[0]
+        return inbox_event(seq, event_id, fields, at)
+
+    async def wait_for_work(self, max_wait_s: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, max_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
 
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         return [
@@ -84,6 +267,12 @@ class MemoryStore:
             if status is None or r.status == status
         ]
 
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
-def _wf(row: Any) -> str | None:
-    return row.workflow if row is not None else None
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
