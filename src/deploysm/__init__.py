@@ -31,6 +31,7 @@ from ._types import (
     TransitionResult,
 )
 from ._validation import ValidationReport, validate
+from ._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "TransitionError",
     "TransitionResult",
     "ValidationReport",
+    "Worker",
     "create_state_machine",
     "default_retry_policy",
     "effect",

@@ -79,7 +79,7 @@ async def commit(
         await lifecycle.finish_complete(m)
     elif d.state_timeout_s is not None:
         timers.arm(m)
-    if d.store is not None:
+    if m._store is not None:
         m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
     error = await m.persist()
     if error is not None:

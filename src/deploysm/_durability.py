@@ -60,7 +60,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     ``bump`` counts the write as a change of its own (intents, failures). A write,
     once started, is not cut short by cancellation."""
     d = m._def
-    store = d.store
+    store = m._store
     write = d.persist_state
     if write is None and store is None:
         return None
@@ -91,7 +91,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     except StateMachineError as e:
         if bump:
             m._version -= 1
-        if e.code == ErrorCode.CONFLICT:
+        if e.code in (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST):
             m._stale = True
         return e
     except Exception as e:

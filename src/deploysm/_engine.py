@@ -43,6 +43,7 @@ class StateMachine(Generic[S, E, C]):
 
     __slots__ = (
         "__weakref__",
+        "_abandoned",
         "_cancel_requested",
         "_cancellable",
         "_committed",
@@ -63,6 +64,7 @@ class StateMachine(Generic[S, E, C]):
         "_state_deadline",
         "_state_timer",
         "_status",
+        "_store",
         "_version",
         "_workflow",
     )
@@ -90,6 +92,8 @@ class StateMachine(Generic[S, E, C]):
         self._pending: list[JournalRecord] = []
         self._saved_version: int | None = None
         self._stale = False
+        self._abandoned = False  # its lease was lost: stop, touch nothing
+        self._store: Any = definition.store
         self._workflow: str | None = None
         self._state_deadline: Any = None
         self._state_timer: asyncio.Task[None] | None = None
@@ -273,11 +277,11 @@ class StateMachine(Generic[S, E, C]):
     @property
     def durable(self) -> bool:
         d = self._def
-        return d.persist_state is not None or d.store is not None
+        return d.persist_state is not None or self._store is not None
 
     def note(self, kind: str, **data: Any) -> None:
         """Queue a journal record; it is written with the next snapshot (store only)."""
-        if self._def.store is not None:
+        if self._store is not None:
             self._pending.append(JournalRecord(kind, self._def.clock.now(), data))
 
     def snapshot(self) -> SerializableState:

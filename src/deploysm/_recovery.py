@@ -28,8 +28,8 @@ _ACTIONS = ("retry", "mark_succeeded", "mark_failed")
 
 async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
     d = m._def
-    if d.store is not None:
-        snap: SerializableState | None = await d.store.load(m._machine_id)
+    if m._store is not None:
+        snap: SerializableState | None = await m._store.load(m._machine_id)
         return snap
     if d.load_state is not None:
         raw = await call_maybe_async(d.load_state)

@@ -73,7 +73,7 @@ async def run_transition(
     key = new_key(m)
     m._in_flight = InFlight(m._state.name, ct.to, ev, ct.index, 1, key, d.clock.now())
     if m.durable:
-        if d.store is not None:
+        if m._store is not None:
             m.note("intent", source=ct.source, to=ct.to, event=ev.type, attempt=1, key=key)
         err = await m.persist(bump=True)
         if err is not None:  # the intent is not durable: the effect must not run
@@ -119,6 +119,8 @@ async def drive(
             return await fail(m, ct, run, err)
         except (asyncio.CancelledError, _CancelRequested) as e:
             m._cancellable = False
+            if m._abandoned:  # another worker owns the machine now and resumes it
+                raise
             external = isinstance(e, asyncio.CancelledError) and (
                 not m._cancel_requested or task is None or task.uncancel() > 0
             )
@@ -178,7 +180,7 @@ async def _attempts(
         run.errors += 1
         run.last_error = error
         m._metrics.total_errors += 1
-        if d.store is not None:
+        if m._store is not None:
             m.note("attempt_failed", attempt=run.attempt, **error_fields(m, error))
         if not eff.idempotent:
             rb_error = await rollback(m, eff, target, run)

@@ -1,0 +1,263 @@
+"""The worker: runs machines out of a store, many workers sharing one store.
+
+A worker claims machines that have work (a lease with a fencing token), runs
+each one's pending events in order through the engine, and gives the lease
+back. Every write the engine makes carries the token, so a worker that lost its
+lease (paused, partitioned, too slow) cannot write anything; another worker
+takes the machine over once the lease expires and resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from ._config import StateMachineConfig
+from ._definition import Definition, compile_config
+from ._engine import StateMachine
+from ._errors import ErrorCode, StateMachineError
+from ._leased import LeasedStore
+from .stores._runtime import Claim, RuntimeStore
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("deploysm.worker")
+
+WorkflowFactory = Callable[[], StateMachineConfig[Any, Any, Any]]
+
+
+class Worker:
+    """Run machines out of ``store``; ``workflows`` maps a workflow name to a zero-argument
+    factory returning its ``StateMachineConfig`` (a config object itself is accepted too).
+
+    ``concurrency`` bounds the machines (and so the effects) running at once;
+    ``lease_ms`` is how long a claim lasts without renewal (renewed every third of it).
+    """
+
+    def __init__(
+        self,
+        store: RuntimeStore,
+        workflows: Mapping[str, WorkflowFactory | StateMachineConfig[Any, Any, Any]],
+        *,
+        concurrency: int = 16,
+        worker_id: str | None = None,
+        lease_ms: int = 30_000,
+        poll_ms: int = 1_000,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if lease_ms < 30:
+            raise ValueError("lease_ms must be >= 30")
+        self.store = store
+        self.workflows = dict(workflows)
+        self.concurrency = concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.lease_ms = lease_ms
+        self.poll_s = poll_ms / 1000.0
+        self._definitions: dict[str, Definition] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], int, StateMachine[Any, Any, Any]]] = {}
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self.processed = 0
+
+    # ------------------------------------------------------------------ public
+
+    async def run(self) -> None:
+        """Claim and run machines until :meth:`stop` or SIGTERM/SIGINT; then stop claiming,
+        let each running machine finish the transition it is in, and give leases back."""
+        await self.store.open()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        renewer = loop.create_task(self._renew_forever())
+        try:
+            while not self._stopping:
+                claimed = await self._claim()
+                if claimed:
+                    continue
+                await self._idle_wait()
+            await self._drain()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Ask :meth:`run` to finish: no new claims, running transitions complete."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_until_idle(self) -> int:
+        """Run until no machine has work left (for tests and batch jobs); returns how many
+        machine runs were processed."""
+        await self.store.open()
+        self._stopping = False
+        start = self.processed
+        while True:
+            claimed = await self._claim()
+            if not claimed and not self._running:
+                return self.processed - start
+            if self._running:
+                await asyncio.wait(
+                    [t for t, _, _ in self._running.values()], return_when=asyncio.FIRST_COMPLETED
+                )
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _claim(self) -> int:
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        claims = await self.store.claim(self.worker_id, limit=free, lease_ms=self.lease_ms)
+        for claim in claims:
+            task = asyncio.get_running_loop().create_task(self._run_claim(claim))
+            self._running[claim.machine_id] = (task, claim.token, _PENDING)
+            task.add_done_callback(functools.partial(self._done, claim.machine_id))
+        return len(claims)
+
+    def _done(self, machine_id: str, task: asyncio.Task[None]) -> None:
+        entry = self._running.get(machine_id)
+        if entry is not None and entry[0] is task:
+            del self._running[machine_id]
+        self.processed += 1
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("machine %s: %s", machine_id, task.exception())
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _idle_wait(self) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        if len(self._running) >= self.concurrency:
+            await self._wake.wait()
+            return
+        notified = asyncio.ensure_future(self.store.wait_for_work(self.poll_s))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({notified, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (notified, woken):
+                t.cancel()
+            await asyncio.gather(notified, woken, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while self._running:
+            await asyncio.wait([t for t, _, _ in self._running.values()])
+
+    # ------------------------------------------------------------------ one machine
+
+    def _definition(self, workflow: str) -> Definition:
+        definition = self._definitions.get(workflow)
+        if definition is None:
+            source = self.workflows.get(workflow)
+            if source is None:
+                raise StateMachineError(
+                    f"no workflow named {workflow!r} in this worker "
+                    f"(it knows {sorted(self.workflows)})",
+                    "UNKNOWN_WORKFLOW",
+                )
+            config = source if isinstance(source, StateMachineConfig) else source()
+            definition = self._definitions[workflow] = compile_config(config)
+        return definition
+
+    async def _run_claim(self, claim: Claim) -> None:
+        view = LeasedStore(self.store, claim.token)
+        definition = self._definition(claim.workflow)
+        context = claim.context if claim.snapshot is None else {}
+        sm: StateMachine[Any, Any, Any] = StateMachine(definition, context, claim.machine_id)
+        sm._store = view
+        sm._workflow = claim.workflow
+        task, token, _ = self._running[claim.machine_id]
+        self._running[claim.machine_id] = (task, token, sm)
+        if claim.snapshot is None:
+            sm._saved_version = 0
+            sm.note("started", workflow=claim.workflow, worker=self.worker_id)
+            await _persist(sm)
+        else:
+            await sm.resume()
+        if claim.cancel_requested and sm.status == "active":
+            await sm.cancel()
+        while sm.status == "active" and not sm._stale and not self._stopping:
+            item = await self.store.next_event(claim.machine_id)
+            if item is None:
+                break
+            view.consume(item.seq)
+            try:
+                await sm.dispatch(item.event)
+            except StateMachineError as e:
+                sm.note("event_refused", event=item.event.type, code=e.code, message=e.message)
+            if view.unconsumed() and not sm._stale:  # refused: no write took the event along
+                sm.note("event_refused", event=item.event.type, code="NO_TRANSITION")
+                await _persist(sm)
+        await self._settle_timer(sm)
+        if not sm._stale:
+            await self.store.release(claim.machine_id, claim.token, wake_at=sm._state_deadline)
+
+    async def _settle_timer(self, sm: StateMachine[Any, Any, Any]) -> None:
+        """A state timeout that is already due fires now, before the lease goes back."""
+        timer = sm._state_timer
+        deadline = sm._state_deadline
+        if timer is not None and deadline is not None and deadline <= datetime.now(UTC):
+            with contextlib.suppress(Exception):
+                await timer
+
+    # ------------------------------------------------------------------ leases
+
+    async def _renew_forever(self) -> None:
+        interval = self.lease_ms / 3000.0
+        while True:
+            await asyncio.sleep(interval)
+            leases = {mid: token for mid, (_, token, _) in self._running.items()}
+            if not leases:
+                continue
+            try:
+                lost = await self.store.renew(self.worker_id, leases, self.lease_ms)
+            except StateMachineError as e:
+                logger.warning("lease renewal failed: %s", e)
+                continue
+            for mid in lost:
+                self._abandon(mid)
+
+    def _abandon(self, machine_id: str) -> None:
+        entry = self._running.get(machine_id)
+        if entry is None:
+            return
+        task, _, sm = entry
+        logger.warning("lost the lease of %s: another worker takes it over", machine_id)
+        if sm is not _PENDING:
+            sm._abandoned = True
+            sm._stale = True
+        task.cancel()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            installed.append(sig)
+        return installed
+
+
+async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
+    error = await sm.persist(bump=True)
+    if error is not None and error.code not in (ErrorCode.LEASE_LOST, ErrorCode.CONFLICT):
+        raise error
+
+
+_PENDING: Any = object()
