@@ -74,13 +74,12 @@ async def commit(
             f"{a.name} -> {b.name} on {ev.type}",
             {"machine_id": m._machine_id, "version": m._version, "attempts": attempts},
         )
-    final = ct.to in d.finals
-    if final:
+    if m._store is not None:
+        m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
+    if ct.to in d.finals:
         await lifecycle.finish_complete(m)
     elif d.state_timeout_s is not None:
         timers.arm(m)
-    if m._store is not None:
-        m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
     error = await m.persist()
     if error is not None:
         return TransitionResult(False, b, error, result)

@@ -119,7 +119,7 @@ async def drive(
             return await fail(m, ct, run, err)
         except (asyncio.CancelledError, _CancelRequested) as e:
             m._cancellable = False
-            if m._abandoned:  # another worker owns the machine now and resumes it
+            if m._abandoned or m._stale:  # another owner has the machine and resumes it
                 raise
             external = isinstance(e, asyncio.CancelledError) and (
                 not m._cancel_requested or task is None or task.uncancel() > 0

@@ -107,14 +107,21 @@ class Worker:
         await self.store.open()
         self._stopping = False
         start = self.processed
-        while True:
-            claimed = await self._claim()
-            if not claimed and not self._running:
-                return self.processed - start
-            if self._running:
-                await asyncio.wait(
-                    [t for t, _, _ in self._running.values()], return_when=asyncio.FIRST_COMPLETED
-                )
+        renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        try:
+            while True:
+                claimed = await self._claim()
+                if not claimed and not self._running:
+                    return self.processed - start
+                if self._running:
+                    await asyncio.wait(
+                        [t for t, _, _ in self._running.values()],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
 
     # ------------------------------------------------------------------ claiming
 
@@ -124,6 +131,8 @@ class Worker:
             return 0
         claims = await self.store.claim(self.worker_id, limit=free, lease_ms=self.lease_ms)
         for claim in claims:
+            if claim.machine_id in self._running:  # our own lease ran out under a slow run
+                self._abandon(claim.machine_id)
             task = asyncio.get_running_loop().create_task(self._run_claim(claim))
             self._running[claim.machine_id] = (task, claim.token, _PENDING)
             task.add_done_callback(functools.partial(self._done, claim.machine_id))
