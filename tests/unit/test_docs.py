@@ -41,3 +41,12 @@ def test_documented_code_runs(name: str, index: int, code: str) -> None:
         assert "3 transitions, completed" in printed
     if name == "README.md" and index == 1:
         assert printed.strip() == "completed after 310.0 virtual seconds"
+    if name == "README.md" and index == 2:
+        assert printed.splitlines() == [
+            "live {'version': '1.4.2'}",
+            "['intent', 'committed', 'intent', 'committed', 'completed']",
+        ]
+    if name == "README.md" and index == 3:
+        assert printed.strip() == (
+            "[('release-0', 'live'), ('release-1', 'live'), ('release-2', 'live')]"
+        )
