@@ -63,7 +63,7 @@ class Worker:
         self.lease_ms = lease_ms
         self.poll_s = poll_ms / 1000.0
         self._definitions: dict[str, Definition] = {}
-        self._running: dict[str, tuple[asyncio.Task[None], int, StateMachine[Any, Any, Any]]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], LeasedStore, Any]] = {}
         self._stopping = False
         self._stopped = asyncio.Event()
         self._wake: asyncio.Event | None = None
@@ -130,13 +130,18 @@ class Worker:
         if free <= 0:
             return 0
         claims = await self.store.claim(self.worker_id, limit=free, lease_ms=self.lease_ms)
+        started = 0
         for claim in claims:
-            if claim.machine_id in self._running:  # our own lease ran out under a slow run
-                self._abandon(claim.machine_id)
-            task = asyncio.get_running_loop().create_task(self._run_claim(claim))
-            self._running[claim.machine_id] = (task, claim.token, _PENDING)
+            running = self._running.get(claim.machine_id)
+            if running is not None:  # our own lease ran out under a slow run: keep running it
+                running[1].token = claim.token
+                continue
+            view = LeasedStore(self.store, claim.token)
+            task = asyncio.get_running_loop().create_task(self._run_claim(claim, view))
+            self._running[claim.machine_id] = (task, view, _PENDING)
             task.add_done_callback(functools.partial(self._done, claim.machine_id))
-        return len(claims)
+            started += 1
+        return started
 
     def _done(self, machine_id: str, task: asyncio.Task[None]) -> None:
         entry = self._running.get(machine_id)
@@ -183,15 +188,14 @@ class Worker:
             definition = self._definitions[workflow] = compile_config(config)
         return definition
 
-    async def _run_claim(self, claim: Claim) -> None:
-        view = LeasedStore(self.store, claim.token)
+    async def _run_claim(self, claim: Claim, view: LeasedStore) -> None:
         definition = self._definition(claim.workflow)
         context = claim.context if claim.snapshot is None else {}
         sm: StateMachine[Any, Any, Any] = StateMachine(definition, context, claim.machine_id)
         sm._store = view
         sm._workflow = claim.workflow
-        task, token, _ = self._running[claim.machine_id]
-        self._running[claim.machine_id] = (task, token, sm)
+        task, _, _ = self._running[claim.machine_id]
+        self._running[claim.machine_id] = (task, view, sm)
         if claim.snapshot is None:
             sm._saved_version = 0
             sm.note("started", workflow=claim.workflow, worker=self.worker_id)
@@ -201,6 +205,9 @@ class Worker:
         if claim.cancel_requested and sm.status == "active":
             await sm.cancel()
         while sm.status == "active" and not sm._stale and not self._stopping:
+            if await self.store.cancel_requested(claim.machine_id):
+                await sm.cancel()
+                break
             item = await self.store.next_event(claim.machine_id)
             if item is None:
                 break
@@ -213,8 +220,10 @@ class Worker:
                 sm.note("event_refused", event=item.event.type, code="NO_TRANSITION")
                 await _persist(sm)
         await self._settle_timer(sm)
+        deadline = sm._state_deadline
+        sm.stop_state_timer()  # the store's wake_at takes over: this object is done
         if not sm._stale:
-            await self.store.release(claim.machine_id, claim.token, wake_at=sm._state_deadline)
+            await self.store.release(claim.machine_id, view.token, wake_at=deadline)
 
     async def _settle_timer(self, sm: StateMachine[Any, Any, Any]) -> None:
         """A state timeout that is already due fires now, before the lease goes back."""
@@ -230,7 +239,7 @@ class Worker:
         interval = self.lease_ms / 3000.0
         while True:
             await asyncio.sleep(interval)
-            leases = {mid: token for mid, (_, token, _) in self._running.items()}
+            leases = {mid: view.token for mid, (_, view, _) in self._running.items()}
             if not leases:
                 continue
             try:
@@ -239,7 +248,9 @@ class Worker:
                 logger.warning("lease renewal failed: %s", e)
                 continue
             for mid in lost:
-                self._abandon(mid)
+                entry = self._running.get(mid)
+                if entry is not None and entry[1].token == leases[mid]:  # not reclaimed since
+                    self._abandon(mid)
 
     def _abandon(self, machine_id: str) -> None:
         entry = self._running.get(machine_id)

@@ -248,6 +248,10 @@ class MemoryStore:
         seq, event_id, fields, at = row.inbox[0]
         return inbox_event(seq, event_id, fields, at)
 
+    async def cancel_requested(self, machine_id: str) -> bool:
+        row = self._rows.get(machine_id)
+        return row is not None and row.cancel
+
     async def wait_for_work(self, max_wait_s: float) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)

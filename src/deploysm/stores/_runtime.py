@@ -92,6 +92,10 @@ class RuntimeStore(Store, Protocol):
         """The oldest undelivered event of the machine."""
         ...
 
+    async def cancel_requested(self, machine_id: str) -> bool:
+        """Whether ``request_cancel`` was called for the machine (checked between events)."""
+        ...
+
     async def wait_for_work(self, max_wait_s: float) -> None:
         """Return when an event may have arrived (a notification) or after ``max_wait_s``."""
         ...
