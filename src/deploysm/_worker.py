@@ -58,6 +58,7 @@ class Worker:
             raise ValueError("lease_ms must be >= 30")
         self.store = store
         self.workflows = dict(workflows)
+        self._names = frozenset(self.workflows)
         self.concurrency = concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.lease_ms = lease_ms
@@ -129,7 +130,9 @@ class Worker:
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
-        claims = await self.store.claim(self.worker_id, limit=free, lease_ms=self.lease_ms)
+        claims = await self.store.claim(
+            self.worker_id, limit=free, lease_ms=self.lease_ms, workflows=self._names
+        )
         started = 0
         for claim in claims:
             running = self._running.get(claim.machine_id)

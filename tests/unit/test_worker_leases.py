@@ -35,6 +35,7 @@ STORES: dict[str, Callable[[], Any]] = {"memory": MemoryStore}
 
 LEASE_MS = 60
 EXPIRED_S = 0.1  # comfortably past one lease
+SLOW_POLL_MS = 5_000  # a cut-off worker that does not look for work again meanwhile
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -49,13 +50,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 
 class CutOff:
     """The store as a cut-off (paused, partitioned) worker sees it: its lease renewals do
-    not get through until ``heal()``. Records the errors its writes were refused with."""
+    not get through until ``heal()``. Records what it claimed and the errors its writes
+    were refused with."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
         self._renewals = asyncio.Event()
         self.save_errors: list[str] = []
-        self.saves_after_heal = 0
+        self.claimed: list[str] = []
 
     def heal(self) -> None:
         self._renewals.set()
@@ -68,6 +70,11 @@ class CutOff:
         lost: set[str] = await self._store.renew(worker_id, leases, lease_ms)
         return lost
 
+    async def claim(self, worker_id: str, **kw: Any) -> list[Any]:
+        claims: list[Any] = await self._store.claim(worker_id, **kw)
+        self.claimed.extend(c.machine_id for c in claims)
+        return claims
+
     async def save(self, snapshot: Any, **kw: Any) -> None:
         try:
             await self._store.save(snapshot, **kw)
@@ -76,9 +83,9 @@ class CutOff:
             raise
 
 
-async def eventually(pred: Callable[[], bool], timeout: float = 2.0) -> None:
+async def eventually(pred: Callable[[], bool], within: float = 2.0) -> None:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while not pred():
         if loop.time() > end:
             raise AssertionError("condition not reached in time")
@@ -170,7 +177,7 @@ async def test_a_worker_that_lost_its_lease_abandons_the_machine_and_the_new_own
     rec.gates["a"] = asyncio.Event()  # a's attempt never finishes on its own
     await started_job(store)
     link = CutOff(store)
-    a = job_worker(link, rec, "a", lease_ms=LEASE_MS)
+    a = job_worker(link, rec, "a", lease_ms=LEASE_MS, poll_ms=SLOW_POLL_MS)
     a_task = asyncio.create_task(a.run())
     try:
         await eventually(lambda: bool(rec.did("a", "execute")))
@@ -210,13 +217,20 @@ async def test_a_worker_that_lost_its_lease_abandons_the_machine_and_the_new_own
     assert (await store.load("m1")).version == version_before
 
 
-async def test_a_worker_whose_lease_was_taken_cannot_write(store: Any) -> None:
+@pytest.mark.parametrize("new_owner_wrote", [False, True], ids=["before", "after"])
+async def test_a_worker_whose_lease_was_taken_cannot_write(
+    store: Any, new_owner_wrote: bool
+) -> None:
+    """The old owner's effect returns after another worker took the machine over: its
+    commit is refused with LEASE_LOST ("a save carrying an old token is refused with
+    LEASE_LOST"), whether or not the new owner has written since."""
     rec = Recorder()
     rec.gates["a"] = asyncio.Event()
-    rec.rollback_gates["b"] = asyncio.Event()  # b holds the lease but has not written yet
+    if not new_owner_wrote:
+        rec.rollback_gates["b"] = asyncio.Event()  # b holds the lease, has not written yet
     await started_job(store)
     link = CutOff(store)
-    a = job_worker(link, rec, "a", lease_ms=LEASE_MS)
+    a = job_worker(link, rec, "a", lease_ms=LEASE_MS, poll_ms=SLOW_POLL_MS)
     a_task = asyncio.create_task(a.run())
     b = job_worker(store, rec, "b")
     b_task: asyncio.Task[int] | None = None
@@ -225,7 +239,10 @@ async def test_a_worker_whose_lease_was_taken_cannot_write(store: Any) -> None:
         [(_, key)] = rec.did("a", "execute")
         await asyncio.sleep(EXPIRED_S)
         b_task = asyncio.create_task(b.run_until_idle())
-        await eventually(lambda: bool(rec.did("b", "rollback")))
+        if new_owner_wrote:
+            assert await asyncio.wait_for(b_task, 3) == 1
+        else:
+            await eventually(lambda: bool(rec.did("b", "rollback")))
         before = await store.load("m1")
         journal_before = await store.journal("m1")
 
@@ -235,10 +252,11 @@ async def test_a_worker_whose_lease_was_taken_cannot_write(store: Any) -> None:
         assert await store.journal("m1") == journal_before
         after = await store.load("m1")
         assert after.version == before.version
-        assert after.current_state.name == "idle"
+        assert after.current_state == before.current_state
     finally:
         rec.gates["a"].set()
-        rec.rollback_gates["b"].set()
+        for gate in rec.rollback_gates.values():
+            gate.set()
         if b_task is not None:
             await asyncio.wait_for(b_task, 3)
         await finish(a, a_task)
@@ -297,6 +315,7 @@ async def test_a_worker_never_starts_a_second_run_of_a_machine_it_is_still_runni
         rec.gates["a"].set()
         await finish(a, task)
 
+    assert link.claimed.count("m1") >= 2  # the lapse happened: a claimed m1 again
     assert rec.overlaps == []
     assert rec.did("a", "rollback") == []
     assert len(rec.did("a", "execute")) == 1

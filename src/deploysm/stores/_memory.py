@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,15 +133,15 @@ class MemoryStore:
         blob = self.codec.encode(mid, snapshot.to_dict())
         async with self._lock:
             row = self._rows.get(mid)
-            found = row.version if row is not None else None
-            if found != expected_version:
-                raise conflict(mid, expected_version, found)
-            if row is not None:
+            if row is not None:  # the lease is checked first: a fenced-out writer learns why
                 if token is not None and row.token != token:
                     raise lease_lost(mid, token)
                 if token is None and row.leased(_now()):
                     raise lease_lost(mid, None)
-            else:
+            found = row.version if row is not None else None
+            if found != expected_version:
+                raise conflict(mid, expected_version, found)
+            if row is None:
                 row = self._rows[mid] = _Row(workflow)
             row.take(snapshot, blob, workflow)
             if consumed:
@@ -198,7 +198,14 @@ class MemoryStore:
             row.cancel = True
         self._notify()
 
-    async def claim(self, worker_id: str, *, limit: int, lease_ms: int) -> list[Claim]:
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        workflows: Collection[str] | None = None,
+    ) -> list[Claim]:
         now = _now()
         out: list[Claim] = []
         async with self._lock:
@@ -206,6 +213,8 @@ class MemoryStore:
                 if len(out) >= limit:
                     break
                 if row.status != "active" or row.leased(now) or not row.has_work(now):
+                    continue
+                if workflows is not None and (row.workflow or row.definition_id) not in workflows:
                     continue
                 row.lease_owner = worker_id
                 row.lease_until = now + timedelta(milliseconds=lease_ms)

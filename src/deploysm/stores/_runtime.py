@@ -10,7 +10,7 @@ token that grows with every claim. A save carrying an old token is refused with
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -73,10 +73,18 @@ class RuntimeStore(Store, Protocol):
         """Ask whichever worker runs (or next claims) the machine to cancel it."""
         ...
 
-    async def claim(self, worker_id: str, *, limit: int, lease_ms: int) -> list[Claim]:
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        workflows: Collection[str] | None = None,
+    ) -> list[Claim]:
         """Lease up to ``limit`` active machines that have work (never run, an
         unfinished transition, an undelivered event, a due timer, a cancel request)
-        and whose lease is free or expired; each claim bumps the fencing token."""
+        and whose lease is free or expired; each claim bumps the fencing token.
+        ``workflows`` limits the claim to machines of those workflows."""
         ...
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
