@@ -46,6 +46,8 @@ def test_documented_code_runs(name: str, index: int, code: str) -> None:
             "live {'version': '1.4.2'}",
             "['intent', 'committed', 'intent', 'committed', 'completed']",
         ]
+    if name == "runtime.md":
+        assert printed.strip() == ("completed ['idle', 'validating', 'deploying'] completed")
     if name == "README.md" and index == 3:
         assert printed.strip() == (
             "[('release-0', 'live'), ('release-1', 'live'), ('release-2', 'live')]"

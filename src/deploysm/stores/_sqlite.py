@@ -18,6 +18,11 @@ Several processes on one host may share a file: SQLite's locks serialize their
 writers; a writer kept waiting longer than ``busy_timeout_ms`` fails with
 ``STORE_BUSY``. The newest schema a database may have is the newest this code
 knows; a newer one is refused with ``SCHEMA_TOO_NEW``.
+
+It is also a ``RuntimeStore`` (workers run machines out of it): ``start``, ``send``,
+``claim``, leases and fencing tokens, see ``_sqlite_runtime``. Claims are write
+operations, so SQLite's single writer makes them exclusive across processes; wake-ups
+across processes are by polling (every 50 ms, a cheap read).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from typing import Any, Self, TypeVar
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._runtime import lease_lost
+from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
 
 __all__ = ["SCHEMA_TOO_NEW", "STORE_BUSY", "SQLiteStore"]
@@ -45,18 +52,24 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _INSERT = (
     "INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot,"
-    " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)"
+    " created_at, updated_at, busy) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _UPDATE = (
     "UPDATE machines SET workflow = coalesce(?2, workflow), definition_id = ?3, status = ?4,"
-    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8 WHERE id = ?1 AND version = ?9"
+    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9"
+    " WHERE id = ?1 AND version = ?10"
 )
+_WITH_TOKEN = " AND fencing_token = ?11"
+_NOT_LEASED = " AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?11)"
 _JOURNAL = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
+_DELIVER = (
+    "UPDATE inbox SET delivered_at = ? WHERE seq = ? AND machine_id = ? AND delivered_at IS NULL"
+)
 _LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteRuntime):
     """A ``Store`` in one SQLite file. ``async with SQLiteStore(path) as store:`` opens
     and closes it; a store that is used before ``open()`` (or after ``close()``)
     opens itself. ``":memory:"`` is refused: the writer thread owns its connection,
@@ -95,6 +108,7 @@ class SQLiteStore:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._past_commits = 0
         self._past_requests = 0
+        self._wakeups = Wakeups()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -204,12 +218,19 @@ class SQLiteStore:
         expected_version: int | None,
         journal: Sequence[JournalRecord] = (),
         workflow: str | None = None,
+        token: int | None = None,
+        consumed: Sequence[int] = (),
     ) -> None:
         """Compare-and-set: write ``snapshot`` and its journal records in one transaction
         if the stored version is ``expected_version`` (``None``: the machine must not
         exist yet); otherwise raise ``CONFLICT`` and write nothing. Returns once the
         write is durable. A caller cancelled while waiting does not undo a write that
-        is already queued (shield the call to learn its outcome)."""
+        is already queued (shield the call to learn its outcome).
+
+        Leases, checked before the version: with ``token``, the save is refused with
+        ``LEASE_LOST`` (nothing written) unless it is the machine's current fencing
+        token; without one, while another worker's lease is live. ``consumed`` inbox
+        seqs are marked delivered in the same transaction."""
         mid = snapshot.machine_id
         blob = self.codec.encode(mid, snapshot.to_dict())
         values = (
@@ -221,12 +242,13 @@ class SQLiteStore:
             snapshot.version,
             blob,
             utc_text(),
+            int(snapshot.in_flight is not None),
         )
         rows = [
             (mid, snapshot.version, rec.kind, utc_text(rec.at), _json(rec.data)) for rec in journal
         ]
         writer, _ = await self._ready()
-        await writer.submit(_SaveOp(values, expected_version, rows))
+        await writer.submit(_SaveOp(values, expected_version, rows, token, consumed))
 
     async def load(self, machine_id: str) -> SerializableState | None:
         _, reader = await self._ready()
@@ -236,7 +258,9 @@ class SQLiteStore:
             ).fetchone()
         except sqlite3.Error as e:
             raise store_error(e) from e
-        return None if row is None else _decode(self.codec, machine_id, row[0])
+        if row is None or row[0] is None:  # started, never run: no snapshot yet
+            return None
+        return _decode(self.codec, machine_id, row[0])
 
     async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
         _, reader = await self._ready()
@@ -268,34 +292,60 @@ class SQLiteStore:
             for mid, wf, did, st, state, v, at in rows
         ]
 
+    def _decode_snapshot(self, machine_id: str, blob: Any) -> SerializableState:
+        return _decode(self.codec, machine_id, blob)
+
 
 class _SaveOp:
-    """One save, run on the writer thread inside its own SAVEPOINT."""
+    """One save: the compare-and-set, the lease check, the journal and the consumed
+    inbox events, in the operation's own SAVEPOINT (all or nothing)."""
 
-    __slots__ = ("expected", "journal", "values")
+    __slots__ = ("consumed", "expected", "journal", "token", "values")
 
     def __init__(
         self,
         values: tuple[Any, ...],
         expected: int | None,
         journal: list[tuple[Any, ...]],
+        token: int | None = None,
+        consumed: Sequence[int] = (),
     ) -> None:
-        self.values = values
+        self.values = values  # id, workflow, definition_id, status, state, version, blob, at, busy
         self.expected = expected
         self.journal = journal
+        self.token = token
+        self.consumed = tuple(consumed)
 
     def __call__(self, conn: sqlite3.Connection) -> None:
-        expected = self.expected
+        mid, expected, token, now = self.values[0], self.expected, self.token, now_us()
         if expected is None:
             cur = conn.execute(_INSERT, self.values)
+        elif token is not None:
+            cur = conn.execute(_UPDATE + _WITH_TOKEN, (*self.values, expected, token))
         else:
-            cur = conn.execute(_UPDATE, (*self.values, expected))
+            cur = conn.execute(_UPDATE + _NOT_LEASED, (*self.values, expected, now))
         if cur.rowcount != 1:
-            mid = self.values[0]
-            row = conn.execute("SELECT version FROM machines WHERE id = ?", (mid,)).fetchone()
-            raise conflict(mid, expected, None if row is None else row[0])
+            raise self._refusal(conn, now)
         if self.journal:
             conn.executemany(_JOURNAL, self.journal)
+        if self.consumed:
+            at = self.values[7]
+            conn.executemany(_DELIVER, [(at, seq, mid) for seq in self.consumed])
+
+    def _refusal(self, conn: sqlite3.Connection, now: int) -> StateMachineError:
+        """Why nothing was written. The lease is checked first, so a fenced-out writer
+        learns that it lost the machine (not that someone else wrote meanwhile)."""
+        mid, token = self.values[0], self.token
+        sql = "SELECT version, fencing_token, lease_owner, lease_expires_at FROM machines"
+        row = conn.execute(sql + " WHERE id = ?", (mid,)).fetchone()
+        if row is None:
+            return conflict(mid, self.expected, None)
+        found, current, owner, until = row
+        if token is not None and token != current:
+            return lease_lost(mid, token)
+        if token is None and owner is not None and until is not None and until > now:
+            return lease_lost(mid, None)
+        return conflict(mid, self.expected, found)
 
 
 def _json(data: Any) -> str:

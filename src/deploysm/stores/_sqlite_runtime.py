@@ -1,0 +1,368 @@
+"""The ``RuntimeStore`` half of ``SQLiteStore``: starts, inboxes, leases, claims, wake-ups.
+
+Every write (``start``, ``send``, ``request_cancel``, ``claim``, ``renew``,
+``release``, and the lease checks of ``save``) is ONE operation on the writer thread,
+run inside the batch's ``BEGIN IMMEDIATE`` transaction: SQLite lets one writer at a
+time into a file, so a claim's read of the candidates and its update of their leases
+cannot interleave with another claim, in this process or in any other. Two workers
+can therefore never hold the same machine, and a duplicate event id lands once.
+
+Lease and timer times (``lease_expires_at``, ``wake_at``) are INTEGER microseconds
+since the Unix epoch, from the wall clock (UTC): exact, and integers compare the way
+time runs. Processes sharing a file share the host's clock.
+
+Wake-ups: SQLite cannot notify another process. ``wait_for_work`` returns at once
+when this same store object ran ``start``/``send``/``request_cancel``/``release``
+(from any event loop), as ``MemoryStore`` does. Other processes (and other store
+objects) are seen by polling, every ``poll_interval_s`` (50 ms): ``PRAGMA
+data_version``, a cheap read, changes when another connection commits; only then does
+it look (with indexed queries) for work that a claim of the workflows of the store's
+last ``claim`` would take, and it returns if there is some. So work sent from another
+process is seen within about one poll interval, and a poll costs no write. Like
+``MemoryStore``, it does not return by itself when a timer (``wake_at``) comes due or
+a lease expires: the worker's next claim, ``max_wait_s`` later, takes those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._codec import jsonable
+from .._errors import ErrorCode, StateMachineError
+from .._snapshot import SerializableState
+from ._base import conflict
+from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._sqlite_writer import utc_text
+
+__all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "now_us", "to_us"]
+
+T = TypeVar("T")
+POLL_INTERVAL_S = 0.05
+_FINISHED = ("completed", "failed", "cancelled")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+# --------------------------------------------------------------------------- SQL
+
+_START = (
+    "INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot,"
+    " created_at, updated_at, start_context) VALUES (?1, ?2, '', 'active', '', 0, NULL,"
+    " ?3, ?3, ?4) ON CONFLICT (id) DO NOTHING"
+)
+_SEND = (
+    "INSERT INTO inbox (machine_id, event_id, type, payload, correlation_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+# Machines with work, each source on an index of its own (no scan of every active
+# machine; INDEXED BY: without statistics the planner would pick machines_status),
+# then those whose lease is free or expired.
+_CANDIDATES = """
+WITH work(id) AS (
+    SELECT id FROM machines INDEXED BY machines_pending
+     WHERE status = 'active' AND (snapshot IS NULL OR busy = 1 OR cancel_requested = 1)
+    UNION SELECT id FROM machines WHERE wake_at IS NOT NULL AND wake_at <= :now
+    UNION SELECT machine_id FROM inbox WHERE delivered_at IS NULL
+)
+SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested
+  FROM work JOIN machines AS m ON m.id = work.id
+ WHERE m.status = 'active'
+   AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= :now)
+   {}
+ ORDER BY m.id LIMIT :limit
+"""
+_ANY_WORKFLOW = _CANDIDATES.format("")
+_OF_WORKFLOWS = _CANDIDATES.format(
+    "AND coalesce(nullif(m.workflow, ''), m.definition_id) IN (SELECT value FROM json_each(:wfs))"
+)
+_TAKE = (
+    "UPDATE machines SET lease_owner = ?, lease_expires_at = ?,"
+    " fencing_token = fencing_token + 1, wake_at = NULL WHERE id = ? RETURNING fencing_token"
+)
+_RENEW = (
+    "UPDATE machines SET lease_expires_at = ? WHERE id = ? AND fencing_token = ?"
+    " AND lease_owner = ?"
+)
+_RELEASE = (
+    "UPDATE machines SET lease_owner = NULL, lease_expires_at = NULL, wake_at = ?"
+    " WHERE id = ? AND fencing_token = ?"
+)
+_NEXT_EVENT = (
+    "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
+    " WHERE machine_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT 1"
+)
+
+
+def now_us() -> int:
+    """The wall clock in microseconds since the Unix epoch (UTC)."""
+    return time.time_ns() // 1000
+
+
+def to_us(d: datetime) -> int:
+    """``d`` in microseconds since the Unix epoch; a naive datetime is taken as UTC."""
+    return ((d.replace(tzinfo=UTC) if d.tzinfo is None else d) - _EPOCH) // _US
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# ------------------------------------------------------------ on the writer thread
+
+
+def _start(conn: sqlite3.Connection, workflow: str, mid: str, context: str) -> None:
+    if conn.execute(_START, (mid, workflow, utc_text(), context)).rowcount != 1:
+        (found,) = conn.execute("SELECT version FROM machines WHERE id = ?", (mid,)).fetchone()
+        raise conflict(mid, None, found)
+
+
+def _send(conn: sqlite3.Connection, mid: str, event_id: str, fields: dict[str, Any]) -> bool:
+    row = conn.execute("SELECT status FROM machines WHERE id = ?", (mid,)).fetchone()
+    if row is None:
+        raise unknown_machine(mid)
+    seen = "SELECT 1 FROM inbox WHERE machine_id = ? AND event_id = ?"
+    if conn.execute(seen, (mid, event_id)).fetchone() is not None:
+        return False  # sent before (delivered or not): de-duplicated
+    if row[0] in _FINISHED:
+        raise StateMachineError(
+            f"machine {mid!r} is {row[0]}; it takes no more events", ErrorCode.NOT_ACTIVE
+        )
+    payload = _dumps(fields["payload"]) if "payload" in fields else None
+    values = (mid, event_id, fields["type"], payload, fields.get("correlation_id"), utc_text())
+    conn.execute(_SEND, values)
+    return True
+
+
+def _request_cancel(conn: sqlite3.Connection, mid: str) -> None:
+    sql = "UPDATE machines SET cancel_requested = 1 WHERE id = ?"
+    if conn.execute(sql, (mid,)).rowcount != 1:
+        raise unknown_machine(mid)
+
+
+def _candidates(conn: sqlite3.Connection, now: int, limit: int, workflows: str | None) -> list[Any]:
+    if workflows is None:
+        return conn.execute(_ANY_WORKFLOW, {"now": now, "limit": limit}).fetchall()
+    args = {"now": now, "limit": limit, "wfs": workflows}
+    return conn.execute(_OF_WORKFLOWS, args).fetchall()
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    decode: Callable[[str, Any], SerializableState],
+    worker_id: str,
+    limit: int,
+    lease_ms: int,
+    workflows: str | None,
+) -> list[Claim]:
+    now = now_us()
+    until = now + int(lease_ms * 1000)
+    rows = _candidates(conn, now, limit, workflows)
+    out: list[Claim] = []
+    for mid, workflow, definition_id, blob, context, cancel in rows:
+        # Decoded here so that a bad snapshot fails the whole claim with nothing taken.
+        snap = None if blob is None else decode(mid, blob)
+        ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
+        ctx = None if context is None else json.loads(context)
+        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel)))
+    return out
+
+
+def _renew(
+    conn: sqlite3.Connection, worker_id: str, leases: dict[str, int], lease_ms: int
+) -> set[str]:
+    until = now_us() + int(lease_ms * 1000)
+    return {
+        mid
+        for mid, token in leases.items()
+        if conn.execute(_RENEW, (until, mid, token, worker_id)).rowcount != 1
+    }
+
+
+# ------------------------------------------------------------ reads (inline)
+
+
+def _next_event(conn: sqlite3.Connection, mid: str) -> InboxEvent | None:
+    row = conn.execute(_NEXT_EVENT, (mid,)).fetchone()
+    if row is None:
+        return None
+    seq, event_id, type_, payload, correlation_id, at = row
+    fields: dict[str, Any] = {"type": type_}
+    if payload is not None:
+        fields["payload"] = json.loads(payload)
+    if correlation_id is not None:
+        fields["correlation_id"] = correlation_id
+    return inbox_event(seq, event_id, fields, datetime.fromisoformat(at))
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _probe(conn: sqlite3.Connection, wfs: str | None) -> tuple[int, bool]:
+    """(data_version, whether a claim of workflows ``wfs`` would take a machine now).
+    The version is read first, so no commit after it is missed."""
+    version = _data_version(conn)
+    return version, bool(_candidates(conn, now_us(), 1, wfs))
+
+
+# ------------------------------------------------------------------ wake-ups
+
+
+class Wakeups:
+    """Futures of ``wait_for_work`` callers, on any event loop; ``notify`` wakes them."""
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def add(self, waiter: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._waiters.add(waiter)
+
+    def discard(self, waiter: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            if not waiter.done():
+                with suppress(RuntimeError):  # its loop is closed
+                    waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# ------------------------------------------------------------------ the mixin
+
+
+class SQLiteRuntime:
+    """The ``RuntimeStore`` methods of ``SQLiteStore`` (see the module docstring)."""
+
+    poll_interval_s: float = POLL_INTERVAL_S
+    _wakeups: Wakeups
+    _claiming: str | None = None  # the workflows of this store's last claim, as JSON
+    _claimed_at: int | None = None  # the reader's data_version right after that claim
+
+    if TYPE_CHECKING:
+
+        def _decode_snapshot(self, machine_id: str, blob: Any) -> SerializableState: ...
+        async def run_write(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def run_read(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def start(self, workflow: str, machine_id: str, context: Any) -> None:
+        """Create a machine for a worker to run (no snapshot until its first run; ``load``
+        returns ``None`` until then). An existing id is ``CONFLICT``."""
+        try:
+            data = _dumps(jsonable(context))
+        except TypeError as e:
+            raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        await self.run_write(lambda c: _start(c, workflow, machine_id, data))
+        self._wakeups.notify()
+
+    async def send(self, machine_id: str, event: Any, event_id: str | None = None) -> bool:
+        """Append ``event`` to the machine's inbox; ``False`` if ``event_id`` was sent to
+        this machine before (even if delivered since). Unknown machine:
+        ``UNKNOWN_MACHINE``; a finished one: ``NOT_ACTIVE``."""
+        event_id, fields = event_fields(event, event_id)
+        added: bool = await self.run_write(lambda c: _send(c, machine_id, event_id, fields))
+        if added:
+            self._wakeups.notify()
+        return added
+
+    async def request_cancel(self, machine_id: str) -> None:
+        """Flag the machine for cancellation by whichever worker runs it next."""
+        await self.run_write(lambda c: _request_cancel(c, machine_id))
+        self._wakeups.notify()
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        workflows: Collection[str] | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` active machines with work whose lease is free or expired
+        (in id order; of ``workflows`` only, when given), bumping each one's fencing
+        token and clearing its timer. ``wait_for_work`` then looks for work of the same
+        workflows."""
+        wfs = None if workflows is None else _dumps(sorted(workflows))
+        self._claiming = wfs
+        if limit <= 0 or wfs == "[]":
+            self._claimed_at = await self.run_read(_data_version)
+            return []
+        decode = self._decode_snapshot
+        out = await self.run_write(lambda c: _claim(c, decode, worker_id, limit, lease_ms, wfs))
+        # what wait_for_work compares with: a commit from now on may bring new work
+        self._claimed_at = await self.run_read(_data_version)
+        return out
+
+    async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
+        """Extend the leases still held (same token and owner); return the lost ids."""
+        held = dict(leases)
+        if not held:
+            return set()
+        return await self.run_write(lambda c: _renew(c, worker_id, held, lease_ms))
+
+    async def release(self, machine_id: str, token: int, *, wake_at: datetime | None) -> bool:
+        """Give the lease back; claimable again from ``wake_at`` on (``None``: only when
+        work arrives). ``False`` if ``token`` is no longer the machine's."""
+        values = (None if wake_at is None else to_us(wake_at), machine_id, token)
+        released = await self.run_write(lambda c: c.execute(_RELEASE, values).rowcount == 1)
+        if released:
+            self._wakeups.notify()
+        return released
+
+    async def next_event(self, machine_id: str) -> InboxEvent | None:
+        """The oldest undelivered event of the machine (``None``: none, or no machine)."""
+        return await self.run_read(lambda c: _next_event(c, machine_id))
+
+    async def cancel_requested(self, machine_id: str) -> bool:
+        """Whether ``request_cancel`` was called for the machine."""
+        sql = "SELECT cancel_requested FROM machines WHERE id = ?"
+        row = await self.run_read(lambda c: c.execute(sql, (machine_id,)).fetchone())
+        return row is not None and bool(row[0])
+
+    async def wait_for_work(self, max_wait_s: float) -> None:
+        """Return when there may be work, or after ``max_wait_s``: as soon as this store
+        object started, sent to, cancelled or released a machine (from any event loop);
+        otherwise when a poll (every ``poll_interval_s``) sees that another connection
+        committed since this store's last ``claim`` and that a claim of the same
+        workflows would now take a machine. Other processes are seen only by polling:
+        SQLite has no cross-process notifications."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_s
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._wakeups.add(waiter)
+        try:
+            seen = self._claimed_at
+            if seen is None:
+                seen = await self.run_read(_data_version)
+            while (remaining := deadline - loop.time()) > 0:
+                done, _ = await asyncio.wait({waiter}, timeout=min(remaining, self.poll_interval_s))
+                if done:
+                    return
+                if await self.run_read(_data_version) == seen:
+                    continue
+                seen, work = await self.run_read(partial(_probe, wfs=self._claiming))
+                if work:
+                    return
+        finally:
+            self._wakeups.discard(waiter)
+            if not waiter.done():
+                waiter.cancel()
