@@ -47,6 +47,7 @@ class ErrorCode:
     NOT_PARKED = "NOT_PARKED"
     LEASE_LOST = "LEASE_LOST"
     UNKNOWN_MACHINE = "UNKNOWN_MACHINE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 class StateMachineError(Exception):

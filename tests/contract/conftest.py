@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import postgres_kind
 import pytest
 
 import deploysm
@@ -49,6 +50,7 @@ async def _tamper_sqlite(store: SQLiteStore, machine_id: str, blob: bytes) -> No
 STORE_KINDS: list[StoreKind] = [
     StoreKind("memory", lambda tmp: MemoryStore(), _tamper_memory),
     StoreKind("sqlite", lambda tmp: SQLiteStore(tmp / "x.db"), _tamper_sqlite),
+    StoreKind("postgres", postgres_kind.make, postgres_kind.tamper),
 ]
 
 

@@ -1,0 +1,397 @@
+"""``PostgresStore``: many workers on many hosts sharing one PostgreSQL database.
+
+psycopg 3 with a ``psycopg_pool.AsyncConnectionPool`` (see docs/postgres.md for the
+measurements behind the choice). Every write is one transaction: a compare-and-set
+save carries its journal records and marks its consumed inbox events delivered, or
+writes nothing. Workers lease machines with ``FOR UPDATE SKIP LOCKED`` claims; each
+claim bumps a fencing token that every later save must carry. Leases and timers use
+the database clock. ``send``/``start``/``request_cancel``/``release`` notify
+(``pg_notify``) in their own transaction, and ``wait_for_work`` listens on a
+dedicated connection. The SQL lives in ``sql/postgres`` (see ``_postgres_sql``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from .._codec import jsonable
+from .._errors import ErrorCode, StateMachineError
+from .._snapshot import SerializableState
+from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._postgres_sql import (
+    CHANNEL,
+    STORE_UNAVAILABLE,
+    Listener,
+    check_dsn,
+    db_error,
+    journal_json,
+    migrate,
+    queries,
+    redact,
+    refusal,
+    utc,
+)
+from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._sqlite import _decode
+
+__all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
+
+logger = logging.getLogger("deploysm.stores.postgres")
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class PostgresStore:
+    """A ``Store`` and ``RuntimeStore`` in PostgreSQL, in ``schema`` (created if needed).
+
+    ``async with PostgresStore(dsn) as store:`` connects and migrates; a store used
+    before ``open()`` opens itself. ``min_size``/``max_size`` bound the pool; the
+    ``LISTEN`` connection of ``wait_for_work`` is one more, opened on first use.
+    ``connect_timeout`` (seconds) bounds connecting and waiting for a pooled
+    connection; past it, or when the server is unreachable, calls fail with
+    ``STORE_UNAVAILABLE``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        codec: Codec | None = None,
+        min_size: int = 1,
+        max_size: int = 8,
+        schema: str = "public",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        check_dsn(dsn)
+        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
+            raise ValueError("schema must be a non-empty name of at most 63 bytes")
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError("need 0 <= min_size <= max_size and max_size >= 1")
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be > 0")
+        self.dsn = dsn
+        self.schema = schema
+        self.codec: Codec = codec if codec is not None else JSONCodec()
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = float(connect_timeout)
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._listener: Listener | None = None
+        self._lock = asyncio.Lock()
+        self._q = queries()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.dsn)!r}, schema={self.schema!r})"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect, apply migrations, fill the pool. Idempotent."""
+        async with self._lock:
+            if self._pool is not None:
+                return
+            await self.migrate()
+            pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                kwargs={"autocommit": True, "fallback_application_name": "deploysm"},
+                configure=self._configure,
+                timeout=self.connect_timeout,
+                name=f"deploysm-{self.schema}",
+                open=False,
+            )
+            try:
+                await pool.open(wait=True, timeout=self.connect_timeout)
+            except psycopg.Error as e:
+                await pool.close()
+                raise db_error(e, self.dsn, "opening the connection pool") from e
+            self._pool = pool
+
+    async def close(self) -> None:
+        """Stop listening and close every connection. Idempotent; a later call reopens."""
+        async with self._lock:
+            listener, self._listener = self._listener, None
+            pool, self._pool = self._pool, None
+            if listener is not None:
+                await listener.stop()
+            if pool is not None:
+                await pool.close()
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this code knows and the schema lacks; returns the versions
+        applied. Safe to run from several processes at once; ``SCHEMA_TOO_NEW`` if the
+        schema is newer than this code."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(2, round(self.connect_timeout)),
+                fallback_application_name="deploysm",
+            )
+        except psycopg.Error as e:
+            raise db_error(e, self.dsn, "connecting") from e
+        try:
+            return await migrate(conn, self.schema)
+        except psycopg.Error as e:
+            raise db_error(e, self.dsn, "migrating the schema") from e
+        finally:
+            await conn.close()
+
+    async def _configure(self, conn: Conn) -> None:
+        await conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+            (sql.Identifier(self.schema).as_string(conn),),
+        )
+
+    @asynccontextmanager
+    async def _conn(self, doing: str) -> AsyncIterator[Conn]:
+        """A pooled connection (autocommit); driver errors become store errors."""
+        pool = self._pool
+        if pool is None:
+            await self.open()
+            pool = self._pool
+            assert pool is not None
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as e:
+            raise db_error(e, self.dsn, doing) from e
+
+    async def _fetchone(self, name: str, params: Any, doing: str) -> tuple[Any, ...] | None:
+        async with self._conn(doing) as conn:
+            cur = await conn.execute(self._q[name], params)
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
+    async def _fetchall(self, name: str, params: Any, doing: str) -> list[tuple[Any, ...]]:
+        async with self._conn(doing) as conn:
+            cur = await conn.execute(self._q[name], params)
+            rows: list[tuple[Any, ...]] = await cur.fetchall()
+            return rows
+
+    # ------------------------------------------------------------------- Store
+
+    async def save(
+        self,
+        snapshot: SerializableState,
+        *,
+        expected_version: int | None,
+        journal: Sequence[JournalRecord] = (),
+        workflow: str | None = None,
+        token: int | None = None,
+        consumed: Sequence[int] = (),
+    ) -> None:
+        """Compare-and-set ``snapshot`` with its journal records and the delivery of the
+        ``consumed`` inbox events, in one transaction; ``CONFLICT`` (stale version) or
+        ``LEASE_LOST`` (stale ``token``, or another worker's live lease when no token is
+        given; checked before the version, so a fenced-out writer learns why) write
+        nothing."""
+        mid = snapshot.machine_id
+        params = {
+            "id": mid,
+            "workflow": workflow,
+            "definition_id": snapshot.definition_id,
+            "status": snapshot.status,
+            "state": snapshot.current_state.name,
+            "version": snapshot.version,
+            "snapshot": self.codec.encode(mid, snapshot.to_dict()),
+            "busy": snapshot.in_flight is not None,
+            "expected": expected_version,
+            "token": token,
+        }
+        rows = [(mid, snapshot.version, r.kind, utc(r.at), journal_json(r.data)) for r in journal]
+        seqs = list(consumed)
+        async with self._conn(f"saving {mid!r}") as conn, conn.transaction():
+            query = "save_insert" if expected_version is None else "save_update"
+            cur = await conn.execute(self._q[query], params)
+            if cur.rowcount != 1:
+                cur = await conn.execute(self._q["save_found"], {"id": mid})
+                raise refusal(mid, expected_version, token, await cur.fetchone())
+            if rows:
+                async with conn.cursor() as c:
+                    await c.executemany(self._q["journal_append"], rows)
+            if seqs:
+                await conn.execute(self._q["inbox_consume"], {"id": mid, "seqs": seqs})
+
+    async def load(self, machine_id: str) -> SerializableState | None:
+        row = await self._fetchone("load", {"id": machine_id}, f"loading {machine_id!r}")
+        if row is None or row[0] is None:
+            return None
+        return _decode(self.codec, machine_id, row[0])
+
+    async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
+        rows = await self._fetchall(
+            "journal", {"id": machine_id, "after": after}, f"reading the journal of {machine_id!r}"
+        )
+        return [
+            JournalEntry(seq, machine_id, version, kind, at.astimezone(UTC), data)
+            for seq, version, kind, at, data in rows
+        ]
+
+    # ---------------------------------------------------------------- runtime
+
+    async def start(self, workflow: str, machine_id: str, context: Any) -> None:
+        try:
+            text = json.dumps(jsonable(context), separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        params = {"id": machine_id, "workflow": workflow, "context": text, "channel": CHANNEL}
+        async with self._conn(f"starting {machine_id!r}") as conn:
+            cur = await conn.execute(self._q["start"], params)
+            if cur.rowcount == 1:
+                return
+            cur = await conn.execute(self._q["save_found"], {"id": machine_id})
+            row = await cur.fetchone()
+        raise conflict(machine_id, None, None if row is None else int(row[0]))
+
+    async def send(self, machine_id: str, event: Any, event_id: str | None = None) -> bool:
+        event_id, fields = event_fields(event, event_id)
+        payload = fields.get("payload")
+        text = None if payload is None else json.dumps(payload, separators=(",", ":"))
+        params = {
+            "id": machine_id,
+            "event_id": event_id,
+            "type": fields["type"],
+            "payload": text,
+            "correlation_id": fields.get("correlation_id"),
+            "channel": CHANNEL,
+        }
+        row = await self._fetchone("send", params, f"sending an event to {machine_id!r}")
+        if row is None:
+            raise unknown_machine(machine_id)
+        status, seen, added = row
+        if added:
+            return True
+        if not seen and status in ("completed", "failed", "cancelled"):
+            raise StateMachineError(
+                f"machine {machine_id!r} is {status}; it takes no more events",
+                ErrorCode.NOT_ACTIVE,
+            )
+        return False
+
+    async def request_cancel(self, machine_id: str) -> None:
+        params = {"id": machine_id, "channel": CHANNEL}
+        async with self._conn(f"cancelling {machine_id!r}") as conn:
+            cur = await conn.execute(self._q["request_cancel"], params)
+            if cur.rowcount != 1:
+                raise unknown_machine(machine_id)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        workflows: Collection[str] | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` machines with work (see the protocol), of ``workflows``
+        only when given. A claimed row
+        whose snapshot cannot be decoded is logged and left leased (so it is retried
+        only once that lease expires) rather than failing the other claims."""
+        if limit <= 0:
+            return []
+        params = {
+            "worker": worker_id,
+            "limit": limit,
+            "lease_ms": lease_ms,
+            "workflows": None if workflows is None else sorted(workflows),
+        }
+        rows = await self._fetchall("claim", params, "claiming machines")
+        out: list[Claim] = []
+        for mid, workflow, token, blob, context, cancel in sorted(rows):
+            try:
+                snap = None if blob is None else _decode(self.codec, mid, blob)
+            except StateMachineError as e:
+                logger.error("claimed machine %s cannot be run: %s", mid, e)
+                continue
+            out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel)))
+        return out
+
+    async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
+        if not leases:
+            return set()
+        ids = list(leases)
+        params = {
+            "worker": worker_id,
+            "ids": ids,
+            "tokens": [leases[i] for i in ids],
+            "lease_ms": lease_ms,
+        }
+        rows = await self._fetchall("renew", params, "renewing leases")
+        return set(ids) - {r[0] for r in rows}
+
+    async def release(self, machine_id: str, token: int, *, wake_at: datetime | None) -> bool:
+        params = {
+            "id": machine_id,
+            "token": token,
+            "wake_at": None if wake_at is None else utc(wake_at),
+            "channel": CHANNEL,
+        }
+        row = await self._fetchone("release", params, f"releasing {machine_id!r}")
+        return row is not None
+
+    async def next_event(self, machine_id: str) -> InboxEvent | None:
+        row = await self._fetchone(
+            "next_event", {"id": machine_id}, f"reading the inbox of {machine_id!r}"
+        )
+        if row is None:
+            return None
+        seq, event_id, type_, payload, correlation_id, at = row
+        fields = {"type": type_, "payload": payload, "correlation_id": correlation_id}
+        return inbox_event(seq, event_id, fields, at.astimezone(UTC))
+
+    async def cancel_requested(self, machine_id: str) -> bool:
+        row = await self._fetchone("cancel_requested", {"id": machine_id}, "reading a cancel")
+        return row is not None and bool(row[0])
+
+    async def wait_for_work(self, max_wait_s: float) -> None:
+        """Return at the next notification (an event sent, a machine started, released
+        with work or a timer, a cancel request), at the earliest timer of an active
+        machine, or after ``max_wait_s``, whichever comes first. Never raises for an
+        unreachable server: the listener reconnects in the background."""
+        if self._listener is None:
+            self._listener = Listener(self.dsn)
+        await self._listener.wait_for_work(max_wait_s, self._next_timer)
+
+    async def _next_timer(self) -> float | None:
+        """Seconds until the earliest timer of an active machine (``None``: none, or the
+        server cannot say now)."""
+        try:
+            row = await self._fetchone("next_wake", None, "reading the next timer")
+        except StateMachineError:
+            return None
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def list(self, status: str | None = None) -> list[MachineInfo]:
+        if status is None:
+            rows = await self._fetchall("list_all", None, "listing machines")
+        else:
+            rows = await self._fetchall("list_status", {"status": status}, "listing machines")
+        return [
+            MachineInfo(mid, wf, did, st, state, version, at.astimezone(UTC))
+            for mid, wf, did, st, state, version, at in rows
+        ]

@@ -1,0 +1,150 @@
+-- The named queries of PostgresStore. Each block starts with "-- name: NAME" and runs
+-- against the store's schema (search_path). Parameters use psycopg's %(name)s style.
+-- Every time comes from the database clock (now()), so hosts may disagree on theirs.
+
+-- name: save_insert
+-- A first save (expected_version None): only if no row with this id exists.
+INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy)
+VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s, %(version)s,
+        %(snapshot)s, %(busy)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: save_update
+-- Compare-and-set: the stored version must be the expected one, and the writer must
+-- hold the fencing token (with a token) or nobody may hold a live lease (without).
+UPDATE machines
+   SET workflow = coalesce(%(workflow)s, workflow), definition_id = %(definition_id)s,
+       status = %(status)s, state = %(state)s, version = %(version)s,
+       snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now()
+ WHERE id = %(id)s AND version = %(expected)s
+   AND CASE WHEN %(token)s::bigint IS NULL
+            THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
+            ELSE fencing_token = %(token)s::bigint END;
+
+-- name: save_found
+-- Why a save wrote nothing: the row's version, token and whether a lease is live.
+SELECT version, fencing_token,
+       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now()
+  FROM machines WHERE id = %(id)s;
+
+-- name: journal_append
+INSERT INTO journal (machine_id, version, kind, at, data)
+VALUES (%s, %s, %s, %s, %s::jsonb);
+
+-- name: inbox_consume
+UPDATE inbox SET delivered_at = now()
+ WHERE machine_id = %(id)s AND seq = ANY(%(seqs)s::bigint[]) AND delivered_at IS NULL;
+
+-- name: load
+SELECT snapshot FROM machines WHERE id = %(id)s;
+
+-- name: journal
+SELECT seq, version, kind, at, data FROM journal
+ WHERE machine_id = %(id)s AND seq > %(after)s
+ ORDER BY seq;
+
+-- name: list_all
+SELECT id, workflow, definition_id, status, state, version, updated_at
+  FROM machines ORDER BY id;
+
+-- name: list_status
+SELECT id, workflow, definition_id, status, state, version, updated_at
+  FROM machines WHERE status = %(status)s ORDER BY id;
+
+-- name: start
+WITH added AS (
+    INSERT INTO machines (id, workflow, start_context)
+    VALUES (%(id)s, %(workflow)s, %(context)s::json)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+SELECT pg_notify(%(channel)s, id) IS NULL FROM added;
+
+-- name: send
+-- One statement: the machine's status (locked against a concurrent save), whether the
+-- event id was seen before, and the new row if one was added (then a notification).
+WITH m AS (
+    SELECT id, status FROM machines WHERE id = %(id)s FOR SHARE
+), added AS (
+    INSERT INTO inbox (machine_id, event_id, type, payload, correlation_id)
+    SELECT id, %(event_id)s, %(type)s, %(payload)s::json, %(correlation_id)s FROM m
+     WHERE status NOT IN ('completed', 'failed', 'cancelled')
+    ON CONFLICT (machine_id, event_id) DO NOTHING
+    RETURNING machine_id
+)
+SELECT m.status,
+       EXISTS (SELECT 1 FROM inbox i WHERE i.machine_id = m.id AND i.event_id = %(event_id)s),
+       (SELECT count(*) FROM added a WHERE pg_notify(%(channel)s, a.machine_id) IS NOT NULL)
+  FROM m;
+
+-- name: request_cancel
+WITH asked AS (
+    UPDATE machines SET cancel_requested = true WHERE id = %(id)s RETURNING id
+)
+SELECT pg_notify(%(channel)s, id) IS NULL FROM asked;
+
+-- name: claim
+-- Active machines with work (never run, a transition in flight, a cancel request, a
+-- due timer, an undelivered event) whose lease is free or expired, of the workflows
+-- asked for (NULL: any); SKIP LOCKED lets
+-- concurrent claimers pass each other; every claim bumps the fencing token.
+WITH work AS (
+    SELECT id FROM machines
+     WHERE status = 'active' AND (snapshot IS NULL OR busy OR cancel_requested)
+    UNION
+    SELECT id FROM machines WHERE status = 'active' AND wake_at <= now()
+    UNION
+    SELECT machine_id FROM inbox WHERE delivered_at IS NULL
+), picked AS (
+    SELECT m.id FROM machines m JOIN work w ON w.id = m.id
+     WHERE m.status = 'active'
+       AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= now())
+       AND (%(workflows)s::text[] IS NULL
+            OR coalesce(m.workflow, m.definition_id) = ANY(%(workflows)s::text[]))
+     ORDER BY m.id
+     LIMIT %(limit)s
+       FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE machines m
+   SET lease_owner = %(worker)s,
+       lease_expires_at = now() + %(lease_ms)s::float8 * interval '1 millisecond',
+       fencing_token = m.fencing_token + 1,
+       wake_at = NULL
+  FROM picked
+ WHERE m.id = picked.id
+RETURNING m.id, coalesce(m.workflow, m.definition_id), m.fencing_token, m.snapshot,
+          m.start_context, m.cancel_requested;
+
+-- name: renew
+UPDATE machines m
+   SET lease_expires_at = now() + %(lease_ms)s::float8 * interval '1 millisecond'
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS held (id, token)
+ WHERE m.id = held.id AND m.fencing_token = held.token AND m.lease_owner = %(worker)s
+RETURNING m.id;
+
+-- name: release
+-- Other workers are told when the machine has work again, or has a timer (they then
+-- wait no longer than its wake_at, see next_wake).
+WITH freed AS (
+    UPDATE machines m
+       SET lease_owner = NULL, lease_expires_at = NULL, wake_at = %(wake_at)s
+     WHERE m.id = %(id)s AND m.fencing_token = %(token)s
+    RETURNING m.id, m.status = 'active' AND (
+        m.snapshot IS NULL OR m.busy OR m.cancel_requested OR m.wake_at IS NOT NULL
+        OR EXISTS (SELECT 1 FROM inbox i WHERE i.machine_id = m.id AND i.delivered_at IS NULL)
+    ) AS wake
+)
+SELECT CASE WHEN wake THEN pg_notify(%(channel)s, id) IS NULL END FROM freed;
+
+-- name: next_event
+SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox
+ WHERE machine_id = %(id)s AND delivered_at IS NULL
+ ORDER BY seq LIMIT 1;
+
+-- name: cancel_requested
+SELECT cancel_requested FROM machines WHERE id = %(id)s;
+
+-- name: next_wake
+-- Seconds until the earliest future timer of an active machine (NULL: none).
+SELECT extract(epoch FROM min(wake_at) - now())::float8 FROM machines
+ WHERE status = 'active' AND wake_at > now();
