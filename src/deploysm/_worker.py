@@ -83,7 +83,14 @@ class Worker:
         renewer = loop.create_task(self._renew_forever())
         try:
             while not self._stopping:
-                claimed = await self._claim()
+                try:
+                    claimed = await self._claim()
+                except StateMachineError as e:
+                    if e.code not in _TRANSIENT:
+                        raise
+                    logger.warning("claiming failed, retrying: %s", e)
+                    await asyncio.sleep(self.poll_s)
+                    continue
                 if claimed:
                     continue
                 await self._idle_wait()
@@ -284,3 +291,4 @@ async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
 
 
 _PENDING: Any = object()
+_TRANSIENT = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.STORE_BUSY)
