@@ -227,6 +227,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import _cli_runtime  # noqa: F401  (registers the runtime subcommands)
+
     parser = argparse.ArgumentParser(
         prog="deploysm",
         description="Deployment workflows as typed, durable, asyncio-native state machines.",

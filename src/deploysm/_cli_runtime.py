@@ -1,0 +1,191 @@
+"""CLI subcommands of the runtime: ``migrate``, ``start``, ``send``, ``cancel``, ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from ._cli import CliError, command
+from ._config import StateMachineConfig
+from ._errors import StateMachineError
+from ._worker import Worker
+from .stores import open_store
+from .stores._runtime import RuntimeStore
+
+__all__ = ["load_app"]
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get("DEPLOYSM_DB"),
+        metavar="URL",
+        help="the store: a SQLite path, sqlite:///path or postgresql://... (default: $DEPLOYSM_DB)",
+    )
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CliError(f"{what} is not valid JSON: {e}") from None
+
+
+def _run(args: argparse.Namespace, body: Callable[[RuntimeStore], Coroutine[Any, Any, int]]) -> int:
+    """Open ``--db``, run ``body(store)``, close; store errors become one-line messages."""
+    if not args.db:
+        raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
+
+    async def go() -> int:
+        try:
+            store: Any = open_store(args.db)
+        except StateMachineError as e:
+            raise CliError(str(e)) from None
+        try:
+            await store.open()
+            return await body(store)
+        except StateMachineError as e:
+            raise CliError(f"{e.code}: {e}", exit_code=1) from None
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+# -- migrate
+
+
+@command("migrate", "create or upgrade the store's schema (idempotent)", _db)
+def _migrate(args: argparse.Namespace) -> int:
+    async def body(store: RuntimeStore) -> int:
+        print(f"store {args.db} is up to date")
+        return 0
+
+    return _run(args, body)
+
+
+# -- start / send / cancel
+
+
+def _configure_start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", help="the workflow name a worker knows (its --app key)")
+    p.add_argument("machine_id", metavar="ID")
+    p.add_argument("--context", metavar="JSON", default="{}", help="the machine's context")
+    _db(p)
+
+
+@command("start", "start a machine for the workers to run", _configure_start)
+def _start(args: argparse.Namespace) -> int:
+    context = _json_arg(args.context, "--context")
+
+    async def body(store: RuntimeStore) -> int:
+        await store.start(args.workflow, args.machine_id, context)
+        print(f"started {args.machine_id} ({args.workflow})")
+        return 0
+
+    return _run(args, body)
+
+
+def _configure_send(p: argparse.ArgumentParser) -> None:
+    p.add_argument("machine_id", metavar="ID")
+    p.add_argument("event", metavar="EVENT")
+    p.add_argument("--payload", metavar="JSON", help="the event's payload")
+    p.add_argument("--event-id", metavar="KEY", help="de-duplication key: sent twice, applied once")
+    _db(p)
+
+
+@command("send", "send an event to a machine's inbox", _configure_send)
+def _send(args: argparse.Namespace) -> int:
+    payload = _json_arg(args.payload, "--payload")
+
+    async def body(store: RuntimeStore) -> int:
+        event: dict[str, Any] = {"type": args.event}
+        if payload is not None:
+            event["payload"] = payload
+        added = await store.send(args.machine_id, event, event_id=args.event_id)
+        print(f"sent {args.event} to {args.machine_id}" if added else "already sent; ignored")
+        return 0
+
+    return _run(args, body)
+
+
+def _configure_cancel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("machine_id", metavar="ID")
+    _db(p)
+
+
+@command("cancel", "ask the workers to cancel a machine", _configure_cancel)
+def _cancel(args: argparse.Namespace) -> int:
+    async def body(store: RuntimeStore) -> int:
+        await store.request_cancel(args.machine_id)
+        print(f"cancel requested for {args.machine_id}")
+        return 0
+
+    return _run(args, body)
+
+
+# -- worker
+
+
+def load_app(target: str) -> dict[str, Any]:
+    """``module:attr`` naming a mapping of workflow name -> config factory (or config),
+    or a single factory/config (its workflow name is the config's id)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError("--app must look like module:attribute, e.g. myapp.workflows:WORKFLOWS")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise CliError(f"cannot load --app {target}: {type(e).__name__}: {e}") from None
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    config = obj if isinstance(obj, StateMachineConfig) else obj() if callable(obj) else None
+    if not isinstance(config, StateMachineConfig):
+        raise CliError(f"--app {target} names neither a mapping nor a config factory")
+    return {config.id: obj}
+
+
+def _configure_worker(p: argparse.ArgumentParser) -> None:
+    _db(p)
+    p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the workflows to run")
+    p.add_argument("--concurrency", type=int, default=16, metavar="N")
+    p.add_argument("--worker-id", metavar="NAME")
+    p.add_argument("--lease-ms", type=int, default=30_000, metavar="MS")
+    p.add_argument("--poll-ms", type=int, default=1_000, metavar="MS")
+
+
+@command("worker", "run machines out of the store until SIGTERM", _configure_worker)
+def _worker(args: argparse.Namespace) -> int:
+    workflows = load_app(args.app)
+
+    async def body(store: RuntimeStore) -> int:
+        worker = Worker(
+            store,
+            workflows,
+            concurrency=args.concurrency,
+            worker_id=args.worker_id,
+            lease_ms=args.lease_ms,
+            poll_ms=args.poll_ms,
+        )
+        print(
+            f"worker {worker.worker_id} serving {', '.join(sorted(workflows))} "
+            f"from {args.db} (concurrency {args.concurrency})",
+            flush=True,
+        )
+        await worker.run()
+        print(f"worker {worker.worker_id} stopped after {worker.processed} runs", flush=True)
+        return 0
+
+    return _run(args, body)

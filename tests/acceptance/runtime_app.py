@@ -1,0 +1,25 @@
+"""A workflow registry for the runtime CLI tests (``--app ...runtime_app:WORKFLOWS``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deploysm
+
+
+def pipeline() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
+    def step(ctx: dict[str, Any], state: deploysm.State[str]) -> None:
+        ctx.setdefault("seen", []).append(state.name)
+
+    eff = deploysm.effect().execute(step).set_idempotent(True).build()
+    return deploysm.StateMachineConfig(
+        id="pipeline",
+        initial_state="a",
+        states=["a", "b", "c"],
+        events=["NEXT"],
+        transitions=[deploysm.Transition("a", "b", "NEXT"), deploysm.Transition("b", "c", "NEXT")],
+        effects={"b": eff, "c": eff},
+    )
+
+
+WORKFLOWS = {"pipeline": pipeline}
