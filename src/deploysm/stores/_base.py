@@ -6,12 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 
 __all__ = [
+    "AsyncOpenClose",
     "Codec",
     "JSONCodec",
     "JournalEntry",
@@ -128,6 +130,28 @@ class Store(Protocol):
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         """Every machine (or those with ``status``), ordered by id."""
         ...
+
+
+class AsyncOpenClose:
+    """``async with store:`` opens the store on entry and closes it on exit."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def conflict(machine_id: str, expected: int | None, found: int | None) -> StateMachineError:

@@ -10,7 +10,15 @@ from typing import Any
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
-from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._base import (
+    AsyncOpenClose,
+    Codec,
+    JournalEntry,
+    JournalRecord,
+    JSONCodec,
+    MachineInfo,
+    conflict,
+)
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
 
 __all__ = ["MemoryStore"]
@@ -88,7 +96,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore:
+class MemoryStore(AsyncOpenClose):
     """Keeps everything in dictionaries; snapshots go through the codec like a real store,
     so what is loaded is always a validated copy."""
 
@@ -99,13 +107,6 @@ class MemoryStore:
         self._lock = asyncio.Lock()
         self._seq = 0
         self._waiters: set[asyncio.Future[None]] = set()
-
-    async def __aenter__(self) -> MemoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def open(self) -> None:
         return None

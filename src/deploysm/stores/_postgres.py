@@ -18,8 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -28,7 +27,15 @@ from psycopg_pool import AsyncConnectionPool
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
-from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._base import (
+    AsyncOpenClose,
+    Codec,
+    JournalEntry,
+    JournalRecord,
+    JSONCodec,
+    MachineInfo,
+    conflict,
+)
 from ._postgres_sql import (
     CHANNEL,
     STORE_UNAVAILABLE,
@@ -52,7 +59,7 @@ logger = logging.getLogger("deploysm.stores.postgres")
 Conn = psycopg.AsyncConnection[Any]
 
 
-class PostgresStore:
+class PostgresStore(AsyncOpenClose):
     """A ``Store`` and ``RuntimeStore`` in PostgreSQL, in ``schema`` (created if needed).
 
     ``async with PostgresStore(dsn) as store:`` connects and migrates; a store used
@@ -95,18 +102,6 @@ class PostgresStore:
         return f"PostgresStore({redact(self.dsn)!r}, schema={self.schema!r})"
 
     # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect, apply migrations, fill the pool. Idempotent."""

@@ -35,12 +35,19 @@ import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
-from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, conflict
+from ._base import (
+    AsyncOpenClose,
+    Codec,
+    JournalEntry,
+    JournalRecord,
+    JSONCodec,
+    MachineInfo,
+    conflict,
+)
 from ._runtime import lease_lost
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
@@ -69,7 +76,7 @@ _DELIVER = (
 _LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
 
 
-class SQLiteStore(SQLiteRuntime):
+class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
     """A ``Store`` in one SQLite file. ``async with SQLiteStore(path) as store:`` opens
     and closes it; a store that is used before ``open()`` (or after ``close()``)
     opens itself. ``":memory:"`` is refused: the writer thread owns its connection,
@@ -114,18 +121,6 @@ class SQLiteStore(SQLiteRuntime):
         return f"SQLiteStore({str(self.path)!r})"
 
     # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Create the file (and its folder) if needed, apply migrations, start the writer."""
