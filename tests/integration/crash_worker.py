@@ -19,11 +19,14 @@ Every effect writes ``start`` to a separate ledger database before its work (a r
 ``fail`` when the attempt fails; a rollback writes ``undo``. The ledger is its own
 SQLite file, written with ``synchronous=FULL`` and committed at once, so it survives
 a SIGKILL just as the store does. Which attempts fail is a pure function of
-``(SEED, machine, step, attempt)`` (see :func:`fails`), the same in every restart.
+``(SEED, machine, step, attempt)`` (see :func:`fails`), the same in every restart;
+step4, which is never retried (a failure there is followed by a new ``NEXT``, attempt
+1 again), fails at most once per machine, as the ledger tells.
 
 Each machine is resumed (``resume()`` returns ``None`` for a machine never stored:
 it then starts from ``idle``), then driven with ``NEXT`` to ``done``; a parked
-machine is left alone. One line per machine goes to stdout; stderr stays empty.
+machine is left alone. stdout gets ``ready`` once the store is open, then one line
+per machine (``done m3 v17`` / ``parked m5 step3->step4 v21``); stderr stays empty.
 Exit status 0 once every machine is done or parked.
 """
 
@@ -157,7 +160,7 @@ def fails(seed: int, machine_id: str, step: str, attempt: int) -> bool:
 
 
 def _step_effect(step: str, ledger: str, seed: int) -> Effect[PipelineContext]:
-    no_rollback = step in NON_IDEMPOTENT and step != "step3"
+    no_rollback = step == "step4"  # step3 is the non-idempotent step with a rollback
 
     async def execute(ctx: PipelineContext, target: State[Any]) -> EffectResult:
         mid, key, attempt = ctx["machine_id"], target.idempotency_key, target.attempts
@@ -178,13 +181,9 @@ def _step_effect(step: str, ledger: str, seed: int) -> Effect[PipelineContext]:
         await asyncio.sleep(UNDO_S)
         record(ledger, "undo", ctx["machine_id"], step, target.idempotency_key, target.attempts)
 
-    builder = effect().execute(execute).named(step)
-    if step in NON_IDEMPOTENT:
-        builder = builder.set_idempotent(False)
-        if not no_rollback:
-            builder = builder.rollback(undo)
-    else:
-        builder = builder.set_idempotent(True)
+    builder = effect().execute(execute).named(step).set_idempotent(step not in NON_IDEMPOTENT)
+    if step == "step3":
+        builder = builder.rollback(undo)
     built: Effect[PipelineContext] = builder.build()
     return built
 

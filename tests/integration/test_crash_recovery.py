@@ -4,10 +4,13 @@
 non-idempotent step with a rollback, one without) on a ``SQLiteStore``; each effect
 writes ``start`` / ``end`` / ``fail`` (and each rollback ``undo``) to a separate,
 durable ledger database. This test kills the worker with SIGKILL after a random
-delay (seeded; at least ``MIN_KILLS`` kills), restarts it each time, and between
-runs acts as the operator for parked machines (``needs_attention``): it looks in the
-ledger whether the interrupted attempt took effect and resolves with
-``mark_succeeded`` or ``retry``, writing ``resolve`` to the ledger first.
+delay (seeded), restarts it each time, and between runs acts as the operator for
+parked machines (``needs_attention``): it looks in the ledger whether the
+interrupted attempt took effect and resolves with ``mark_succeeded`` or ``retry``,
+writing ``resolve`` to the ledger first. It goes on until every machine is done;
+if they all are before ``MIN_KILLS`` kills, a new wave of ``N_MACHINES`` machines
+joins (the worker is restarted with a larger N), so the kill count never depends
+on how fast this host is; after ``MAX_KILLS`` kills the runs go on unkilled.
 
 At the end, for every machine:
 
@@ -52,7 +55,7 @@ _spec.loader.exec_module(cw)
 
 SEED = 20240611
 N_MACHINES = 8  # per wave: all of a wave's machines run at once
-MIN_KILLS = 20
+MIN_KILLS = 30
 MAX_KILLS = 60  # then the runs go on unkilled: bounds the runtime on a slow host
 KILL_AFTER_READY_MS = (20.0, 150.0)  # most kills: this long after the worker says "ready"
 EARLY_KILL_CHANCE = 0.15  # some kills: counted from the spawn, may land during start-up
@@ -134,6 +137,8 @@ def _run_worker(
         c.mid_effect_kills += 1 if cut else 0
     else:
         assert rc == 0, f"run {c.runs}: worker exited with {rc}\nstdout:\n{out}\nstderr:\n{stderr}"
+        finished = [ln for ln in out.splitlines() if ln.split(" ")[0] in ("done", "parked")]
+        assert len(finished) == c.machines, f"run {c.runs}: one line per machine, got:\n{out}"
     assert stderr == "", f"run {c.runs}: the worker wrote to stderr:\n{stderr}"
 
 
