@@ -15,6 +15,7 @@ import importlib
 import inspect
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,9 +114,27 @@ def _one_line(error: BaseException) -> str:
 # -- demo
 
 
-def _configure_demo(p: argparse.ArgumentParser) -> None:
-    from ._demo import DEFAULT_SEED, DEFAULT_SPEED
+DEMO_HELP = (
+    "run the seed's blue/green deployment with live progress, kept in a SQLite file: "
+    "interrupt it (Ctrl-C, kill -9) and run it again to resume "
+    "(exit 0 completed, 1 rolled back, 130 interrupted)"
+)
+DEMO_EPILOG = """\
+The deployment is stored as demo-blue-green-N in --db (default .deploysm/demo.db in
+the current directory). Each run looks at the newest one: unfinished -> it resumes
+from where it stopped (an interrupted traffic switch is rolled back and retried);
+finished -> demo-blue-green-N+1 starts. Inspect them with:
+  deploysm ls --db .deploysm/demo.db
+  deploysm history demo-blue-green-1 --db .deploysm/demo.db
+"""
 
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    from ._demo import DEFAULT_DB, DEFAULT_SEED, DEFAULT_SPEED
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = textwrap.fill(DEMO_HELP, 80)
+    p.epilog = DEMO_EPILOG
     p.add_argument(
         "--speed",
         type=_positive_float,
@@ -137,18 +156,42 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="make the third health check fail: the deployment ends in rolling_back (exit 1)",
     )
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        metavar="PATH",
+        help=f"the SQLite file (or store URL) the deployment is kept in (default {DEFAULT_DB}; "
+        "$DEPLOYSM_DB is not used)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new deployment even if the last one is unfinished (it is cancelled)",
+    )
 
 
-@command(
-    "demo",
-    "run the seed's blue/green deployment with live progress (exit 0 completed, 1 rolled back)",
-    _configure_demo,
-)
+@command("demo", DEMO_HELP, _configure_demo)
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoOptions, run_demo
+    from ._demo import DEFAULT_DB, DemoOptions, DemoSetupError, run_demo
+    from ._errors import StateMachineError
 
-    options = DemoOptions(speed=args.speed, seed=args.seed, fail_health=args.fail_health)
-    return asyncio.run(run_demo(options))
+    options = DemoOptions(
+        speed=args.speed,
+        seed=args.seed,
+        fail_health=args.fail_health,
+        db=args.db,
+        fresh=args.fresh,
+    )
+    again = "make demo" if args.db == DEFAULT_DB else f"deploysm demo --db {args.db}"
+    try:
+        return asyncio.run(run_demo(options))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run `{again}` again to resume", flush=True)
+        return 130
+    except DemoSetupError as e:
+        raise CliError(str(e)) from None
+    except StateMachineError as e:
+        raise CliError(f"{e.code}: {e}", exit_code=1) from None
 
 
 def _positive_float(text: str) -> float:
@@ -227,7 +270,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _cli_runtime  # noqa: F401  (registers the runtime subcommands)
+    from . import _cli_runtime, _cli_store  # noqa: F401  (register their subcommands)
 
     parser = argparse.ArgumentParser(
         prog="deploysm",

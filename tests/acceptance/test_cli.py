@@ -31,8 +31,8 @@ def positions(text: str, needles: list[str]) -> list[int]:
     return found
 
 
-def test_demo_completes_and_prints_progress_and_history() -> None:
-    r = deploysm("demo", "--speed", FAST)
+def test_demo_completes_and_prints_progress_and_history(tmp_path: Path) -> None:
+    r = deploysm("demo", "--speed", FAST, "--db", str(tmp_path / "demo.db"))
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
@@ -63,13 +63,41 @@ def test_demo_completes_and_prints_progress_and_history() -> None:
     assert "6 transitions, 1 retry" in summary
 
 
-def test_demo_fail_health_exits_1_in_rolling_back() -> None:
-    r = deploysm("demo", "--speed", FAST, "--fail-health")
+def test_demo_fail_health_exits_1_in_rolling_back(tmp_path: Path) -> None:
+    r = deploysm("demo", "--speed", FAST, "--fail-health", "--db", str(tmp_path / "demo.db"))
     assert r.returncode == 1, r.stderr
     assert "health check 3/5 FAILED" in r.stdout
     assert "state    rolling_back" in r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("Summary: rolling_back after ")
     assert "Traceback" not in r.stderr
+
+
+def test_demo_help_explains_resuming() -> None:
+    r = deploysm("demo", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "run it again to resume" in text
+    assert "default .deploysm/demo.db" in text
+    assert "--fresh" in text
+    assert "deploysm history demo-blue-green-1 --db .deploysm/demo.db" in text
+
+
+def test_demo_after_a_finished_one_starts_a_new_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "demo.db")
+    assert deploysm("demo", "--speed", FAST, "--db", db, "--fail-health").returncode == 1
+    r = deploysm("demo", "--speed", FAST, "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "the last demo finished (completed, in rolling_back); starting a new one" in r.stdout
+    assert f"kept in {db} as demo-blue-green-2" in r.stdout
+
+
+def test_demo_bad_db_exits_2(tmp_path: Path) -> None:
+    r = deploysm("demo", "--db", "mysql://nowhere/db")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "deploysm demo: error: cannot open --db mysql://nowhere/db: unknown store URL "
+        "scheme 'mysql': use a file path, sqlite:///path, memory:// or postgresql://..."
+    )
 
 
 def test_graph_prints_mermaid() -> None:
