@@ -151,7 +151,10 @@ def load_app(target: str) -> dict[str, Any]:
         raise CliError(f"cannot load --app {target}: {type(e).__name__}: {e}") from None
     if isinstance(obj, Mapping):
         return dict(obj)
-    config = obj if isinstance(obj, StateMachineConfig) else obj() if callable(obj) else None
+    try:
+        config = obj if isinstance(obj, StateMachineConfig) else obj() if callable(obj) else None
+    except Exception as e:
+        raise CliError(f"calling --app {target}() failed: {type(e).__name__}: {e}") from None
     if not isinstance(config, StateMachineConfig):
         raise CliError(f"--app {target} names neither a mapping nor a config factory")
     return {config.id: obj}

@@ -133,6 +133,8 @@ async def _rerun(
     flight: InFlight,
     attempt: int,
 ) -> TransitionResult[Any]:
+    if attempt > flight.attempt:
+        m._metrics.total_retries += 1
     flight.attempt = attempt
     flight.started_at = m._def.clock.now()
     await start_attempt(m, flight)

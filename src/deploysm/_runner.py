@@ -62,7 +62,9 @@ def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[s
 
 
 def new_key(m: StateMachine[Any, Any, Any]) -> str:
-    return f"{m._machine_id}:{m._def.random.getrandbits(96):024x}"
+    # The version makes a key unique within its machine even when a restarted process
+    # replays a seeded random source; the random bits make it unique across machines.
+    return f"{m._machine_id}:{m._version}:{m._def.random.getrandbits(64):016x}"
 
 
 async def run_transition(

@@ -334,10 +334,11 @@ def test_engine_waits_exactly_the_policy_delays(
     assert len(times) == n
     assert numbers == list(range(1, n + 1))
     # Mirror the engine's draw order on a fresh Random of the same seed: one
-    # getrandbits(96) for the idempotency key, then one delay per retry.
+    # getrandbits(64) for the idempotency key (after the machine id and the version
+    # the intent starts from, 0 here), then one delay per retry.
     rng = random.Random(seed)
-    bits = rng.getrandbits(96)
-    assert keys == [f"{m.machine_id}:{bits:024x}"] * n
+    bits = rng.getrandbits(64)
+    assert keys == [f"{m.machine_id}:0:{bits:016x}"] * n
     prev: float | None = None
     expected: list[float] = []
     for attempt in range(1, n):
