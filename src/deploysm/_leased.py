@@ -16,11 +16,12 @@ __all__ = ["LeasedStore"]
 class LeasedStore:
     """What a machine run by a worker writes through."""
 
-    __slots__ = ("_consumed", "_store", "token")
+    __slots__ = ("_consumed", "_store", "released", "token")
 
     def __init__(self, store: RuntimeStore, token: int) -> None:
         self._store = store
         self.token = token
+        self.released = False  # the worker is handing the lease back
         self._consumed: list[int] = []
 
     def consume(self, seq: int) -> None:

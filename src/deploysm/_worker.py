@@ -143,7 +143,8 @@ class Worker:
         started = 0
         for claim in claims:
             running = self._running.get(claim.machine_id)
-            if running is not None:  # our own lease ran out under a slow run: keep running it
+            if running is not None and not running[0].done() and not running[1].released:
+                # our own lease ran out under a slow run: keep running it
                 running[1].token = claim.token
                 continue
             view = LeasedStore(self.store, claim.token)
@@ -232,6 +233,7 @@ class Worker:
         await self._settle_timer(sm)
         deadline = sm._state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done
+        view.released = True
         if not sm._stale:
             await self.store.release(claim.machine_id, view.token, wake_at=deadline)
 
@@ -259,7 +261,8 @@ class Worker:
                 continue
             for mid in lost:
                 entry = self._running.get(mid)
-                if entry is not None and entry[1].token == leases[mid]:  # not reclaimed since
+                view = entry[1] if entry is not None else None
+                if view is not None and view.token == leases[mid] and not view.released:
                     self._abandon(mid)
 
     def _abandon(self, machine_id: str) -> None:
