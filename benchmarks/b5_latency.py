@@ -155,9 +155,12 @@ class Child:
 Latencies = dict[str, list[float]]
 
 
-async def measure(child: Child, send: Any, events: int, gap_s: float, jitter_s: float) -> Latencies:
-    """``events`` sends one at a time, each once the child is idle (plus the gap); returns
-    effect start - send returned, send returned - send called, effect start - send called."""
+async def measure(
+    child: Child, send: Any, events: int, gap_s: float, jitter_s: float, kind: str
+) -> Latencies:
+    """``events`` sends one at a time, each once the child is idle plus ``gap_s`` plus a
+    uniform 0..``jitter_s``, each awaiting the child's ``kind`` line; returns effect start -
+    send returned, send returned - send called, and effect start - send called."""
     rng = random.Random(5)
     out: Latencies = {"after": [], "send": [], "total": []}
     for i in range(events):
@@ -166,7 +169,7 @@ async def measure(child: Child, send: Any, events: int, gap_s: float, jitter_s: 
         t0 = time.time()
         await send(i)
         t1 = time.time()
-        _, seen, at = await child.line("E" if jitter_s >= 0 else "N")
+        _, seen, at = await child.line(kind)
         if int(seen) != i:
             raise SystemExit(f"sent to {i}, effect line from {seen}")
         out["after"].append(float(at) - t1)
@@ -196,7 +199,7 @@ async def run_worker(
                 if not await store.send(f"m{i}", "PING", event_id="ping"):
                     raise SystemExit(f"event to m{i} refused as a duplicate")
 
-            result = await measure(child, send, events, args.gap_ms / 1000, jitter_s)
+            result = await measure(child, send, events, args.gap_ms / 1000, jitter_s, "E")
             await child.line("I")
         finally:
             await child.stop()
@@ -215,7 +218,7 @@ async def run_baseline(dsn: str, events: int, args: Any) -> Latencies:
             async def send(i: int) -> None:
                 await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(i)))
 
-            return await measure(child, send, events, args.gap_ms / 1000, -1.0)
+            return await measure(child, send, events, args.gap_ms / 1000, 0.0, "N")
     finally:
         await child.stop()
 
