@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import deploysm
 from deploysm.stores import SQLiteStore
@@ -31,7 +32,7 @@ STATES = [f"s{i}" for i in range(10)]
 STEPS = len(STATES) - 1
 
 
-def pipeline(store: SQLiteStore, calls: list[int]) -> deploysm.StateMachineConfig[str, str, dict]:
+def pipeline(store: Any, calls: list[int]) -> deploysm.StateMachineConfig[str, str, dict]:
     async def step(ctx: dict, state: deploysm.State[str]) -> None:
         calls[0] += 1
 

@@ -30,38 +30,12 @@ import time
 import uuid
 
 import psycopg
+from b2_durable import STEPS, pipeline, run_machine  # the same workload as B2s
 from psycopg import sql
 
-import deploysm
 from deploysm.stores import PostgresStore
 
-STATES = [f"s{i}" for i in range(10)]
-STEPS = len(STATES) - 1
 BLOB = b"x" * 1000
-
-
-def pipeline(store: PostgresStore, calls: list[int]) -> deploysm.StateMachineConfig[str, str, dict]:
-    async def step(ctx: dict, state: deploysm.State[str]) -> None:
-        calls[0] += 1
-
-    eff = deploysm.effect().execute(step).set_idempotent(True).build()
-    return deploysm.StateMachineConfig(
-        id="pipeline",
-        initial_state=STATES[0],
-        states=STATES,
-        events=["NEXT"],
-        transitions=[deploysm.Transition(STATES[i], STATES[i + 1], "NEXT") for i in range(STEPS)],
-        effects=dict.fromkeys(STATES[1:], eff),
-        store=store,
-    )
-
-
-async def run_machine(config: deploysm.StateMachineConfig[str, str, dict], mid: str) -> None:
-    sm = deploysm.create_state_machine(config, {"service": "api", "replicas": 3}, machine_id=mid)
-    for _ in range(STEPS):
-        result = await sm.dispatch("NEXT")
-        if not result.success:
-            raise SystemExit(f"{mid}: {result.error}")
 
 
 async def run_engine(dsn: str, schema: str, prefix: str, machines: int, concurrent: bool) -> float:
