@@ -32,7 +32,6 @@ Needs ``DEPLOYSM_TEST_PG`` (skipped without it outside CI, a failure under CI).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
@@ -40,33 +39,15 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import psycopg
-from psycopg import sql
+from pg_procs import HERE, Proc, pk, pw, q
 
 from deploysm.stores import JournalEntry
 from deploysm.stores._postgres import PostgresStore
 
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pk = _load("postgres_kind", HERE.parent / "contract" / "postgres_kind.py")
-pw = _load("pg_worker", HERE / "pg_worker.py")
 WORKER = HERE / "pg_worker.py"
 SENDER = HERE / "pg_sender.py"
 
@@ -88,21 +69,6 @@ LedgerRow = tuple[Any, ...]  # (seq, kind, machine_id, step, key, attempt, worke
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[str]
-    out: Path
-    err: Path
-    files: list[TextIO] = field(default_factory=list)
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
 
 
 def spawn(name: str, args: list[str], tmp: Path) -> Proc:
@@ -154,11 +120,6 @@ def worker_args(dsn: str, schema: str, worker_id: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- database
-
-
-def q(conn: psycopg.Connection[Any], query: str, schema: str, *params: Any) -> list[Any]:
-    cur = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema)), params)  # type: ignore[arg-type]
-    return cur.fetchall()
 
 
 def open_starts(conn: psycopg.Connection[Any], schema: str, worker: str) -> int:

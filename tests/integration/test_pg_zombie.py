@@ -28,39 +28,21 @@ Needs ``DEPLOYSM_TEST_PG`` (skipped without it outside CI, a failure under CI).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import psycopg
+from pg_procs import HERE, Proc, pk, pw, q
 from psycopg import sql
 
 from deploysm.stores._postgres import PostgresStore
 
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pk = _load("postgres_kind", HERE.parent / "contract" / "postgres_kind.py")
-pw = _load("pg_worker", HERE / "pg_worker.py")
 WORKER = HERE / "pg_worker.py"
 
 MID = "zm"
@@ -87,21 +69,6 @@ EXPECTED_JOURNAL = [
     "committed",  # B: verify -> done (no effect, no intent)
     "completed",
 ]
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[str]
-    out: Path
-    err: Path
-    files: list[TextIO] = field(default_factory=list)
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
 
 
 def spawn(name: str, extra: list[str], dsn: str, schema: str, tmp: Path) -> Proc:
@@ -150,11 +117,6 @@ def wait_for(what: str, check: Callable[[], bool], procs: list[Proc]) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {TIMEOUT_S} s waiting for {what}")
         time.sleep(0.02)
-
-
-def q(conn: psycopg.Connection[Any], query: str, schema: str, *params: Any) -> list[Any]:
-    composed = sql.SQL(query).format(s=sql.Identifier(schema))  # type: ignore[arg-type]
-    return conn.execute(composed, params).fetchall()
 
 
 async def prepare(dsn: str, schema: str) -> None:
