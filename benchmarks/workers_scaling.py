@@ -14,7 +14,7 @@ busy the host's CPUs were during the run (``/proc/stat``, every process on the h
 and the workers' own CPU time, since PostgreSQL, the workers and this process share
 the host. Worker counts alternate order between rounds; medians are printed.
 
-    python benchmarks/b4_workers.py [--pg URL] [--machines 300] [--sleep-ms 5]
+    python benchmarks/workers_scaling.py [--pg URL] [--machines 300] [--sleep-ms 5]
                                     [--workers 1,2,4] [--concurrency 16] [--rounds 2]
 
 ``--pg`` defaults to $DEPLOYSM_TEST_PG; without either it says so and exits 0.
@@ -295,7 +295,7 @@ def main() -> None:
     if args.role == "worker":
         asyncio.run(serve_worker(args))
     elif not args.pg:
-        print("b4_workers: no PostgreSQL server given (--pg URL or DEPLOYSM_TEST_PG); skipped")
+        print("workers_scaling: no PostgreSQL server given (--pg URL or DEPLOYSM_TEST_PG); skipped")
     else:
         asyncio.run(bench(args))
 
