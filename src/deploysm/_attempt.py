@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from ._definition import CompiledTransition
@@ -27,7 +28,7 @@ async def one_attempt(
     try:
         if d.effect_timeout_s is None:
             raw = eff.execute(ctx, target)
-            if inspect.isawaitable(raw):
+            if raw is not None and (type(raw) is CoroutineType or inspect.isawaitable(raw)):
                 raw = await raw
         else:
             cm = deadline(d.clock, d.effect_timeout_s)

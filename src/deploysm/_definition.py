@@ -28,7 +28,7 @@ logger = logging.getLogger("deploysm")
 class CompiledTransition:
     """One (source, event) candidate with its effect resolved."""
 
-    __slots__ = ("effect", "event", "guard", "index", "source", "to")
+    __slots__ = ("compensable", "effect", "event", "guard", "index", "source", "to")
 
     def __init__(
         self,
@@ -45,6 +45,10 @@ class CompiledTransition:
         self.event = event
         self.guard = guard
         self.effect = effect
+        # committing it records a CommittedEffect, for compensate()
+        self.compensable = (
+            effect is not None and not effect.idempotent and effect.rollback is not None
+        )
 
 
 class Definition:
@@ -52,6 +56,7 @@ class Definition:
 
     __slots__ = (
         "clock",
+        "commit_hooks",
         "compensate_on_failure",
         "compensated_state",
         "config",
@@ -116,6 +121,15 @@ class Definition:
         self.timeout_event: str | None = tc.timeout_event
         hooks = cfg.hooks if isinstance(cfg.hooks, Hooks) else Hooks()
         self.hooks = hooks
+        self.commit_hooks = any(
+            h is not None
+            for h in (
+                hooks.on_state_exit,
+                hooks.on_transition,
+                hooks.on_state_enter,
+                hooks.on_metric,
+            )
+        )
         self.redact_keys = tuple(cfg.redact_keys) if cfg.redact_keys is not None else None
         self.observer = Observer(hooks, self.redact_keys)
         self.persist_state = cfg.persist_state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+from asyncio import current_task
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,7 @@ from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
 from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
+from ._mutex import FifoLock
 from ._recovery import ResolveAction
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
@@ -82,7 +84,7 @@ class StateMachine(Generic[S, E, C]):
         )
         self._version = 0
         self._status: Status = "active"
-        self._lock: asyncio.Lock | None = None
+        self._lock: FifoLock | None = None
         self._owner: asyncio.Task[Any] | None = None
         self._cancellable = False
         self._cancel_requested = False
@@ -172,32 +174,32 @@ class StateMachine(Generic[S, E, C]):
 
         Failed effects, refused transitions and cancellation come back as a result
         with ``success=False``; bad input and a finished machine raise."""
-        ev = coerce_event(event, self._def.clock)
+        clock = self._def.clock
+        ev = coerce_event(event, clock)
         if self._state_deadline is not None and self._state_timer is None:
             timers.arm(self, self._state_deadline)
-        lock = self._lock
-        if lock is None:
-            lock = self.lock()
-        task = asyncio.current_task()
+        task = current_task()
         if task is not None and task is self._owner:
             raise StateMachineError(
                 "dispatch() called from inside this machine's own transition would deadlock; "
                 "name the next event as the transition's outcome or dispatch from another task",
                 ErrorCode.STATE_MACHINE_ERROR,
             )
-        clock = self._def.clock
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = FifoLock()
+        if not lock.try_acquire():
+            await lock.acquire()
         token = use_clock(clock) if clock is not SYSTEM_CLOCK else None
+        self._owner = task
         try:
-            async with lock:
-                self._owner = task
-                try:
-                    result = await choose_and_run(self, ev)
-                    if self._cancel_requested and self._status != "cancelled":
-                        await lifecycle.finish_cancel(self)  # cancel() came from a hook
-                    return result
-                finally:
-                    self._owner = None
+            result = await choose_and_run(self, ev)
+            if self._cancel_requested and self._status != "cancelled":
+                await lifecycle.finish_cancel(self)  # cancel() came from a hook
+            return result
         finally:
+            self._owner = None
+            lock.release()
             if token is not None:
                 reset_clock(token)
 
@@ -324,10 +326,10 @@ class StateMachine(Generic[S, E, C]):
         async with self.lock():
             return await compensate_locked(self)
 
-    def lock(self) -> asyncio.Lock:
+    def lock(self) -> FifoLock:
         """The lock that keeps this machine's transitions one at a time."""
         if self._lock is None:
-            self._lock = asyncio.Lock()
+            self._lock = FifoLock()
         return self._lock
 
     # ------------------------------------------------------------------ errors & timers

@@ -8,7 +8,7 @@ from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import ErrorCode, StateMachineError
-from ._types import Event
+from ._types import Event, make_event
 
 __all__ = ["coerce_event"]
 
@@ -23,7 +23,7 @@ def coerce_event(event: Any, clock: Clock) -> Event[Any]:
             raise StateMachineError(
                 "event type must be a non-empty string", ErrorCode.INVALID_EVENT
             )
-        return Event(event, None, clock.now())
+        return make_event(event, None, clock.now(), None, False)
     if isinstance(event, Event):
         if not isinstance(event.type, str) or not event.type:
             raise StateMachineError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ._errors import (
 from ._lifecycle import finish_cancel
 from ._snapshot import InFlight
 from ._timeouts import deadline, uninterrupted
-from ._types import EffectResult, Event, State, TransitionResult
+from ._types import EffectResult, Event, State, TransitionResult, make_state
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -67,20 +68,34 @@ def new_key(m: StateMachine[Any, Any, Any]) -> str:
     return f"{m._machine_id}:{m._version}:{m._def.random.getrandbits(64):016x}"
 
 
-async def run_transition(
+def run_transition(
     m: StateMachine[Any, Any, Any], ct: CompiledTransition, ev: Event[Any], eff: Effect[Any]
-) -> TransitionResult[Any]:
-    """Run ``eff`` for ``ct`` with the intent written first; commit or fail."""
+) -> Coroutine[Any, Any, TransitionResult[Any]]:
+    """Run ``eff`` for ``ct`` with the intent written first; commit or fail.
+
+    A plain function returning the coroutine to await, so that a machine without
+    persistence goes straight to :func:`drive`."""
     d = m._def
     key = new_key(m)
     m._in_flight = InFlight(m._state.name, ct.to, ev, ct.index, 1, key, d.clock.now())
-    if m.durable:
-        if m._store is not None:
-            m.note("intent", source=ct.source, to=ct.to, event=ev.type, attempt=1, key=key)
-        err = await m.persist(bump=True)
-        if err is not None:  # the intent is not durable: the effect must not run
-            m._in_flight = None
-            return TransitionResult(False, m._state, err)
+    if m._store is not None or d.persist_state is not None:
+        return _intent_then_drive(m, ct, ev, eff, key)
+    return drive(m, ct, ev, eff, Run(1))
+
+
+async def _intent_then_drive(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    ev: Event[Any],
+    eff: Effect[Any],
+    key: str,
+) -> TransitionResult[Any]:
+    if m._store is not None:
+        m.note("intent", source=ct.source, to=ct.to, event=ev.type, attempt=1, key=key)
+    err = await m.persist(bump=True)
+    if err is not None:  # the intent is not durable: the effect must not run
+        m._in_flight = None
+        return TransitionResult(False, m._state, err)
     return await drive(m, ct, ev, eff, Run(1))
 
 
@@ -165,7 +180,7 @@ async def _attempts(
         flight.started_at = d.clock.now()
     started = flight.started_at  # the first attempt starts when the intent was made
     while True:
-        target: State[Any] = State(
+        target: State[Any] = make_state(
             ct.to, {}, started, m._version, run.attempt, flight.idempotency_key
         )
         if not eff.idempotent:

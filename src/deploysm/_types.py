@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from ._clock import now as _now
+from ._fastinit import maker
 
 __all__ = [
     "EffectResult",
@@ -113,3 +114,10 @@ class StateMachineMetrics:
     current_state: str | None = None
     total_rollbacks: int = 0
     total_compensations: int = 0
+
+
+# Positional builders for the engine's hot path (every field, in declaration order);
+# see ``_fastinit``. Users build these types with their ordinary constructors.
+make_state = maker(State)
+make_event = maker(Event)
+make_result = maker(TransitionResult)
