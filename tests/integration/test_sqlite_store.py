@@ -287,6 +287,59 @@ async def test_group_commit_batches_concurrent_saves(tmp_path: Path) -> None:
         assert store.commits - commits == 3
 
 
+async def test_a_lone_save_commits_inline_and_concurrent_ones_on_the_thread(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(tmp_path / "inline.db") as store:
+        writer = store._writer
+        assert writer is not None
+        template = await snapshot("t")
+        await store.save(template, expected_version=None)
+        assert writer.inline_commits == 1
+        snaps = [dataclasses.replace(template, machine_id=f"m{i}") for i in range(20)]
+        await asyncio.gather(*(store.save(s, expected_version=None) for s in snaps))
+        assert writer.inline_commits == 1  # twenty at once went to the thread, batched
+        assert len(await store.list()) == 21
+
+
+async def test_a_lone_inline_save_that_fails_writes_nothing(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "inline-fail.db") as store:
+        snap = await snapshot("m")
+        await store.save(snap, expected_version=None)
+        with pytest.raises(StateMachineError) as info:
+            await store.save(dataclasses.replace(snap, version=9), expected_version=5)
+        assert info.value.code == "CONFLICT"
+        stored = await store.load("m")
+        assert stored is not None and stored.version == snap.version
+
+
+async def test_inline_save_never_blocks_the_loop_on_another_writer(tmp_path: Path) -> None:
+    """Another connection holds the write lock: the save waits on the writer thread
+    while the event loop goes on running, and completes once the lock is free."""
+    async with SQLiteStore(tmp_path / "held.db", busy_timeout_ms=10_000) as store:
+        await store.save(await snapshot("warm"), expected_version=None)
+        blocker = raw(store.path)
+        blocker.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        save = asyncio.create_task(store.save(await snapshot("m"), expected_version=None))
+        await asyncio.sleep(0.3)
+        assert not save.done()
+        assert ticks >= 5  # the loop was not held by the waiting write
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await asyncio.wait_for(save, 5)
+        tick_task.cancel()
+        assert await store.load("m") is not None
+
+
 async def test_failing_operation_rolls_back_alone(tmp_path: Path) -> None:
     async with SQLiteStore(tmp_path / "sp.db") as store:
         snaps = [await snapshot(f"m{i}") for i in range(2)]

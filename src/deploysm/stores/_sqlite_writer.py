@@ -8,6 +8,12 @@ once (one fsync per batch: group commit), then settles the futures on their own 
 with ``call_soon_threadsafe`` (one wake-up per loop per batch). While a batch is made
 durable the next one queues up, so batches grow with the load; nobody waits on a timer.
 
+A lone write skips the thread. Operations submitted from the loop that opened the
+store are collected until that loop's current iteration ends; when that is exactly one
+operation and the thread is idle, it runs inline on the loop, in the same kind of
+transaction, sparing two thread wake-ups (about 80 us; more on a busy host) per write.
+Several operations (concurrent machines) go to the thread as one batch, as above.
+
 Migrations are the files ``sql/sqlite/NNNN_name.sql`` beside this module, applied
 in order inside ``BEGIN IMMEDIATE`` and recorded in the ``deploysm_schema`` table.
 """
@@ -235,12 +241,19 @@ class Writer:
         self._finished = False
         self._waiters: list[tuple[Loop, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._busy = threading.Lock()  # held while a batch runs, by the thread or inline
+        self._home: Loop | None = None  # the loop that may run lone writes inline
+        self._pending: list[_Request] = []
+        self.inline_commits = 0
+        self._waits = True  # the write connection's busy_timeout is set (not 0)
 
     async def start(self) -> sqlite3.Connection:
         """Open, migrate, start serving; returns a read connection to the same file."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[sqlite3.Connection] = loop.create_future()
         self._accepting = True
+        self._home = loop
         self._thread = threading.Thread(
             target=self._main, args=(loop, ready), name="deploysm-sqlite-writer", daemon=True
         )
@@ -258,14 +271,52 @@ class Writer:
         with self._lock:
             if not self._accepting:
                 raise _closed()
-            self._queue.put((op, loop, fut))
+            if loop is self._home:
+                if not self._pending:
+                    loop.call_soon(self._flush)
+                self._pending.append((op, loop, fut))
+            else:
+                self._queue.put((op, loop, fut))
         return fut
+
+    def _flush(self) -> None:
+        """End of the loop iteration: one lone operation runs inline if the thread is
+        idle; anything else goes to the thread as one batch."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            conn = self._conn
+            inline = (
+                len(batch) == 1
+                and self._accepting
+                and conn is not None
+                and self._queue.empty()
+                and self._busy.acquire(blocking=False)
+            )
+            if not inline:
+                for request in batch:
+                    self._queue.put(request)
+                return
+        assert conn is not None
+        try:
+            outcomes = self._run_batch(conn, batch, wait=False)
+        finally:
+            self._busy.release()
+        if outcomes is None:  # another process holds the write lock: the thread waits
+            with self._lock:
+                for request in batch:
+                    self._queue.put(request)
+            return
+        self.inline_commits += 1
+        _settle(outcomes)
 
     def stop_nowait(self) -> None:
         """Stop accepting; what is queued still runs, then the thread ends."""
         with self._lock:
             if self._accepting:
                 self._accepting = False
+                for request in self._pending:
+                    self._queue.put(request)
+                self._pending = []
                 self._queue.put(None)
 
     async def stop(self) -> None:
@@ -296,10 +347,13 @@ class Writer:
             _post(loop, _settle, [(ready, store_error(e), None)])
             self._finish()
             return
+        self._conn = conn
         _post(loop, _deliver, ready, reader)
         try:
             self._serve(conn)
         finally:
+            with self._lock, self._busy:
+                self._conn = None
             conn.close()
             self._finish()
 
@@ -313,16 +367,45 @@ class Writer:
             stop = batch[-1] is None  # nothing is ever queued after the stop mark
             requests = [r for r in batch if r is not None]
             if requests:
-                self._run_batch(conn, requests)
+                with self._busy:
+                    outcomes = self._run_batch(conn, requests)
+                assert outcomes is not None  # a waiting batch always runs
+                by_loop: dict[Loop, list[_Outcome]] = {}
+                for (_, loop, _), outcome in zip(requests, outcomes, strict=True):
+                    by_loop.setdefault(loop, []).append(outcome)
+                for loop, settled in by_loop.items():
+                    _post(loop, _settle, settled)
             if stop:
                 return
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Request], *, wait: bool = True
+    ) -> list[_Outcome] | None:
+        """Run ``batch`` in one transaction, each operation in a SAVEPOINT of its own
+        (a lone operation needs none: its failure rolls the transaction back).
+
+        ``wait=False`` (inline, on the event loop): never wait for another process's
+        write lock; ``None`` when it is held, with nothing done."""
         results: list[tuple[Exception | None, Any]] = []
         execute = conn.execute
+        lone = len(batch) == 1
+        if wait != self._waits:  # the busy handler may block the thread, never the loop
+            execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms if wait else 0}")
+            self._waits = wait
         try:
-            retry_busy(lambda: execute("BEGIN IMMEDIATE"), self.busy_timeout_ms)
+            if wait:
+                retry_busy(lambda: execute("BEGIN IMMEDIATE"), self.busy_timeout_ms)
+            else:
+                try:
+                    execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as e:
+                    if is_busy(e):
+                        return None
+                    raise
             for op, _, _ in batch:
+                if lone:
+                    results.append((None, op(conn)))
+                    continue
                 execute("SAVEPOINT op")
                 try:
                     value = op(conn)
@@ -341,11 +424,7 @@ class Writer:
                     execute("ROLLBACK")
             results = [(store_error(e), None) for _ in batch]
         self.requests += len(batch)
-        by_loop: dict[Loop, list[_Outcome]] = {}
-        for (_, loop, fut), (err, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((fut, err, value))
-        for loop, outcomes in by_loop.items():
-            _post(loop, _settle, outcomes)
+        return [(fut, err, value) for (_, _, fut), (err, value) in zip(batch, results, strict=True)]
 
     def _finish(self) -> None:
         with self._lock:
