@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -28,8 +29,14 @@ unit: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/b1_inmemory.py
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Every benchmark beside its peers, in one run; PostgreSQL parts need DEPLOYSM_TEST_PG
+# (or ARGS="--pg URL"). Rewrites docs/performance.md and the README's table.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
