@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from datetime import UTC, datetime
+from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "SystemClock", "now", "sleep"]
@@ -20,7 +21,7 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[None]: ...
 
 
 class SystemClock:
@@ -31,8 +32,8 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -61,6 +62,8 @@ def now() -> datetime:
     return _current.get(SYSTEM_CLOCK).now()
 
 
-async def sleep(seconds: float) -> None:
-    """Wait on the running machine's clock (virtual time under a test clock)."""
-    await _current.get(SYSTEM_CLOCK).sleep(seconds)
+def sleep(seconds: float) -> Awaitable[None]:
+    """Wait on the running machine's clock (virtual time under a test clock):
+    ``await deploysm.sleep(seconds)``. (The clock's own coroutine is returned, not
+    wrapped in another: thousands of machines waiting at once each hold one frame less.)"""
+    return _current.get(SYSTEM_CLOCK).sleep(seconds)
