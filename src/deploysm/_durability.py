@@ -11,6 +11,7 @@ from ._definition import Definition
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
 from ._snapshot import SerializableState
+from ._snapshot_json import cache_for
 from ._timeouts import uninterrupted
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> Seri
 
     ``copy=False`` shares the machine's lists and records instead of copying them:
     only for a consumer that encodes the snapshot before it next awaits (a store's
-    ``save`` does), since the machine goes on changing them."""
+    ``save`` does), since the machine goes on changing them. Such a snapshot also
+    carries the machine's JSON cache, so its ``to_json()`` reuses what earlier saves
+    encoded of the history (``_snapshot_json``)."""
     d = m._def
     flight = m._in_flight
     if copy:
@@ -37,7 +40,7 @@ def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> Seri
         metrics.total_duration_ms = m.duration_ms()
         history = m._history
         committed = m._committed
-    return SerializableState(
+    snap = SerializableState(
         current_state=m._state,
         context=jsonable(m._ctx),
         history=history,
@@ -52,6 +55,9 @@ def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> Seri
         last_error=dict(m._last_error) if m._last_error else None,
         state_deadline=m._state_deadline,
     )
+    if not copy:
+        snap._json = cache_for(m)
+    return snap
 
 
 async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineError | None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._codec import jsonable
 from ._errors import ErrorCode, StateMachineError
-from ._types import Event, State, StateMachineMetrics
+from ._types import Event, State, StateMachineMetrics, StateMetrics
+
+if TYPE_CHECKING:
+    from ._snapshot_json import SnapshotJSON
 
 __all__ = ["CommittedEffect", "InFlight", "SCHEMA_VERSION", "STATUSES", "SerializableState"]
 
@@ -64,36 +67,20 @@ class SerializableState:
     last_error: dict[str, Any] | None = None
     state_deadline: datetime | None = None
     schema_version: int = SCHEMA_VERSION
+    # set only on the snapshots the engine hands its store (``build_snapshot(copy=False)``)
+    _json: SnapshotJSON | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version,
-            "machine_id": self.machine_id,
-            "definition_id": self.definition_id,
-            "fingerprint": self.fingerprint,
-            "status": self.status,
-            "version": self.version,
-            "current_state": _state_out(self.current_state),
-            "context": self.context,
-            "history": [_state_out(s) for s in self.history],
-            "metrics": _metrics_out(self.metrics),
-            "in_flight": _in_flight_out(self.in_flight) if self.in_flight else None,
-            "committed_effects": [
-                {
-                    "state": c.state,
-                    "from_state": c.from_state,
-                    "event": c.event,
-                    "transition_index": c.transition_index,
-                    "idempotency_key": c.idempotency_key,
-                    "version": c.version,
-                }
-                for c in self.committed_effects
-            ],
-            "last_error": self.last_error,
-            "state_deadline": _dt_out(self.state_deadline),
+            **head_out(self),
+            "history": [state_out(s) for s in self.history],
+            "metrics": metrics_out(self.metrics, self.metrics.states),
+            **tail_out(self),
         }
 
     def to_json(self) -> str:
+        if self._json is not None:  # a store's snapshot: history encoded once, then reused
+            return self._json.dumps(self)
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -142,7 +129,45 @@ def _dt_out(d: datetime | None) -> str | None:
     return None if d is None else d.isoformat()
 
 
-def _state_out(s: State[Any]) -> dict[str, Any]:
+# The parts of ``to_dict()``, in document order; ``_snapshot_json`` encodes the same
+# parts one by one, so both must keep using these.
+
+
+def head_out(s: SerializableState) -> dict[str, Any]:
+    """The document's fields before ``history``."""
+    return {
+        "schema_version": s.schema_version,
+        "machine_id": s.machine_id,
+        "definition_id": s.definition_id,
+        "fingerprint": s.fingerprint,
+        "status": s.status,
+        "version": s.version,
+        "current_state": state_out(s.current_state),
+        "context": s.context,
+    }
+
+
+def tail_out(s: SerializableState) -> dict[str, Any]:
+    """The document's fields after ``metrics``."""
+    return {
+        "in_flight": _in_flight_out(s.in_flight) if s.in_flight else None,
+        "committed_effects": [
+            {
+                "state": c.state,
+                "from_state": c.from_state,
+                "event": c.event,
+                "transition_index": c.transition_index,
+                "idempotency_key": c.idempotency_key,
+                "version": c.version,
+            }
+            for c in s.committed_effects
+        ],
+        "last_error": s.last_error,
+        "state_deadline": _dt_out(s.state_deadline),
+    }
+
+
+def state_out(s: State[Any]) -> dict[str, Any]:
     return {
         "name": s.name,
         "data": jsonable(s.data),
@@ -150,6 +175,35 @@ def _state_out(s: State[Any]) -> dict[str, Any]:
         "version": s.version,
         "attempts": s.attempts,
         "idempotency_key": s.idempotency_key,
+    }
+
+
+def visit_out(v: StateMetrics) -> dict[str, Any]:
+    return {
+        "state": v.state,
+        "entered_at": v.entered_at.isoformat(),
+        "exited_at": _dt_out(v.exited_at),
+        "duration_ms": v.duration_ms,
+        "attempts": v.attempts,
+        "errors": v.errors,
+    }
+
+
+def metrics_out(m: StateMachineMetrics, visits: list[StateMetrics]) -> dict[str, Any]:
+    """``m`` with ``visits`` as its ``states``."""
+    return {
+        "states": [visit_out(v) for v in visits],
+        "total_duration_ms": m.total_duration_ms,
+        "total_transitions": m.total_transitions,
+        "total_retries": m.total_retries,
+        "total_attempts": m.total_attempts,
+        "total_errors": m.total_errors,
+        "is_complete": m.is_complete,
+        "is_failed": m.is_failed,
+        "is_cancelled": m.is_cancelled,
+        "current_state": m.current_state,
+        "total_rollbacks": m.total_rollbacks,
+        "total_compensations": m.total_compensations,
     }
 
 
@@ -173,31 +227,4 @@ def _in_flight_out(f: InFlight) -> dict[str, Any]:
         "started_at": f.started_at.isoformat(),
         "phase": f.phase,
         "next_retry_at": _dt_out(f.next_retry_at),
-    }
-
-
-def _metrics_out(m: StateMachineMetrics) -> dict[str, Any]:
-    return {
-        "states": [
-            {
-                "state": v.state,
-                "entered_at": v.entered_at.isoformat(),
-                "exited_at": _dt_out(v.exited_at),
-                "duration_ms": v.duration_ms,
-                "attempts": v.attempts,
-                "errors": v.errors,
-            }
-            for v in m.states
-        ],
-        "total_duration_ms": m.total_duration_ms,
-        "total_transitions": m.total_transitions,
-        "total_retries": m.total_retries,
-        "total_attempts": m.total_attempts,
-        "total_errors": m.total_errors,
-        "is_complete": m.is_complete,
-        "is_failed": m.is_failed,
-        "is_cancelled": m.is_cancelled,
-        "current_state": m.current_state,
-        "total_rollbacks": m.total_rollbacks,
-        "total_compensations": m.total_compensations,
     }

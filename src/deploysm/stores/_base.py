@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -21,6 +21,7 @@ __all__ = [
     "MachineInfo",
     "Store",
     "conflict",
+    "encode_snapshot",
 ]
 
 
@@ -75,6 +76,9 @@ class JSONCodec:
     def encode(self, machine_id: str, data: Mapping[str, Any]) -> bytes:
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
+    def _encode_text(self, machine_id: str, text: str) -> bytes:
+        return text.encode()
+
     def decode(self, machine_id: str, blob: bytes) -> dict[str, Any]:
         try:
             data = json.loads(blob)
@@ -88,6 +92,25 @@ class JSONCodec:
                 f"stored snapshot of {machine_id!r} is not an object", ErrorCode.INVALID_SNAPSHOT
             )
         return data
+
+
+# Codecs whose ``encode(machine_id, data)`` is ``_encode_text(machine_id, <data as
+# compact JSON>)``: exact types only, so a subclass that overrides ``encode`` still
+# gets the dict. ``_crypto`` adds ``EncryptedCodec``.
+TEXT_CODECS: dict[type[Any], Callable[[Any, str, str], bytes]] = {
+    JSONCodec: JSONCodec._encode_text,
+}
+
+
+def encode_snapshot(codec: Codec, snapshot: SerializableState) -> bytes:
+    """What ``codec.encode(snapshot.machine_id, snapshot.to_dict())`` returns.
+
+    For the built-in codecs it encodes ``snapshot.to_json()`` instead, the same text,
+    which a snapshot from the engine assembles mostly from its machine's cache."""
+    encode_text = TEXT_CODECS.get(type(codec))
+    if encode_text is None:
+        return codec.encode(snapshot.machine_id, snapshot.to_dict())
+    return encode_text(codec, snapshot.machine_id, snapshot.to_json())
 
 
 @runtime_checkable
@@ -133,7 +156,13 @@ class Store(Protocol):
 
 
 class AsyncOpenClose:
-    """``async with store:`` opens the store on entry and closes it on exit."""
+    """The built-in stores' base: ``async with store:`` opens the store on entry and
+    closes it on exit; ``_encode_snapshot`` is a save's snapshot encoding."""
+
+    codec: Codec
+
+    def _encode_snapshot(self, snapshot: SerializableState) -> bytes:
+        return encode_snapshot(self.codec, snapshot)
 
     async def open(self) -> None:
         raise NotImplementedError

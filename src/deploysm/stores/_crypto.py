@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ErrorCode, StateMachineError
-from ._base import JSONCodec
+from ._base import TEXT_CODECS, JSONCodec
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -100,7 +100,12 @@ class EncryptedCodec:
         return frozenset(self._aead)
 
     def encode(self, machine_id: str, data: Mapping[str, Any]) -> bytes:
-        plaintext = _JSON.encode(machine_id, data)
+        return self._seal(machine_id, _JSON.encode(machine_id, data))
+
+    def _encode_text(self, machine_id: str, text: str) -> bytes:
+        return self._seal(machine_id, text.encode())
+
+    def _seal(self, machine_id: str, plaintext: bytes) -> bytes:
         key_id = self._active.encode("ascii")
         header = _MAGIC + bytes([len(key_id)]) + key_id + os.urandom(_NONCE_LEN)
         aad = header + machine_id.encode("utf-8", "surrogatepass")
@@ -193,3 +198,6 @@ class EncryptedCodec:
             return cls.from_string(spec)
         except ValueError as e:
             raise ValueError(f"{var}: {e}") from None
+
+
+TEXT_CODECS[EncryptedCodec] = EncryptedCodec._encode_text

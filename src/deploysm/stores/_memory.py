@@ -131,7 +131,7 @@ class MemoryStore(AsyncOpenClose):
         consumed: Sequence[int] = (),
     ) -> None:
         mid = snapshot.machine_id
-        blob = self.codec.encode(mid, snapshot.to_dict())
+        blob = self._encode_snapshot(snapshot)
         async with self._lock:
             row = self._rows.get(mid)
             if row is not None:  # the lease is checked first: a fenced-out writer learns why

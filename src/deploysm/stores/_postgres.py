@@ -213,7 +213,7 @@ class PostgresStore(AsyncOpenClose):
             "status": snapshot.status,
             "state": snapshot.current_state.name,
             "version": snapshot.version,
-            "snapshot": self.codec.encode(mid, snapshot.to_dict()),
+            "snapshot": self._encode_snapshot(snapshot),
             "busy": snapshot.in_flight is not None,
             "expected": expected_version,
             "token": token,

@@ -227,7 +227,7 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
         token; without one, while another worker's lease is live. ``consumed`` inbox
         seqs are marked delivered in the same transaction."""
         mid = snapshot.machine_id
-        blob = self.codec.encode(mid, snapshot.to_dict())
+        blob = self._encode_snapshot(snapshot)
         values = (
             mid,
             workflow,

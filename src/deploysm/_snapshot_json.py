@@ -1,0 +1,112 @@
+"""A stored machine's snapshot JSON, assembled from pieces encoded once per machine.
+
+Every durable save writes the whole snapshot, and a machine's history grows by one
+entry per transition; re-encoding it all made each save cost more the older the
+machine. ``SnapshotJSON.dumps(snapshot)`` returns exactly
+``json.dumps(snapshot.to_dict(), separators=(",", ":"), allow_nan=False)`` (the text
+``JSONCodec`` and ``EncryptedCodec`` store) but encodes each ``history`` entry and each
+finished ``metrics.states`` visit only the first time it is saved. That is sound
+because of how the engine changes them:
+
+* ``history`` only grows (``append``) until ``rehydrate``/``resume`` replace the list;
+  its entries are frozen ``State`` records.
+* ``metrics.states``: only the last visit is ever changed (its exit time when a
+  transition commits, its errors when one fails) before the next is appended; a
+  visit that is no longer last stays as it is. ``rehydrate``/``resume`` replace the list.
+
+A cached prefix is reused only while the list is the same object (the cache keeps it
+alive, so its id is never reused), is at least as long, and still holds the same
+last cached entry; anything else rebuilds it. The header, ``current_state``,
+``context``, the last visit, the totals and the fields after ``metrics`` are encoded
+afresh on every save. (A history entry's ``data`` is encoded as it was when first
+saved: a payload object the caller mutates afterwards no longer rewrites history.)
+
+Only machines with a store get a cache (see ``build_snapshot(copy=False)``); it lives
+beside the machine in a weak mapping and goes away with it.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ._snapshot import SerializableState, head_out, metrics_out, state_out, tail_out, visit_out
+
+__all__ = ["SnapshotJSON", "cache_for"]
+
+T = TypeVar("T")
+
+# What ``json.dumps(data, separators=(",", ":"), allow_nan=False)`` builds on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+_CACHES: weakref.WeakKeyDictionary[Any, SnapshotJSON] = weakref.WeakKeyDictionary()
+
+
+def cache_for(machine: Any) -> SnapshotJSON:
+    """The snapshot JSON cache of ``machine``, made on first use."""
+    cache = _CACHES.get(machine)
+    if cache is None:
+        cache = _CACHES[machine] = SnapshotJSON()
+    return cache
+
+
+class _Prefix(Generic[T]):
+    """The JSON of the first ``count`` items of one list, comma separated."""
+
+    __slots__ = ("_count", "_items", "_last", "_out", "_text")
+
+    def __init__(self, out: Callable[[T], dict[str, Any]]) -> None:
+        self._out = out
+        self._items: list[T] | None = None
+        self._count = 0
+        self._last: T | None = None
+        self._text = ""
+
+    def text(self, items: list[T], count: int) -> str:
+        done, text = self._count, self._text
+        if items is not self._items or count < done or (done and items[done - 1] is not self._last):
+            done, text = 0, ""
+        if count > done:
+            out = self._out
+            new = ",".join([_encode(out(item)) for item in items[done:count]])
+            text = f"{text},{new}" if done else new
+        # assigned only once everything encoded: a failed encode leaves the cache as it was
+        self._items, self._count, self._text = items, count, text
+        self._last = items[count - 1] if count else None
+        return text
+
+
+class SnapshotJSON:
+    """One machine's encoded history entries and finished metrics visits."""
+
+    __slots__ = ("_history", "_visits")
+
+    def __init__(self) -> None:
+        self._history = _Prefix(state_out)
+        self._visits = _Prefix(visit_out)
+
+    def dumps(self, s: SerializableState) -> str:
+        """``s`` as compact JSON, byte for byte what ``json.dumps(s.to_dict())`` gives."""
+        head = _encode(head_out(s))  # '{"schema_version":...,"context":...}'
+        history = self._history.text(s.history, len(s.history))
+        visits = s.metrics.states
+        finished = self._visits.text(visits, max(len(visits) - 1, 0))
+        # '{"metrics":{"states":[<last visit>],"total_duration_ms":...},"in_flight":...}'
+        rest = _encode({"metrics": metrics_out(s.metrics, visits[-1:]), **tail_out(s)})
+        return "".join(
+            (
+                head[:-1],
+                ',"history":[',
+                history,
+                _METRICS,
+                finished,
+                "," if finished else "",  # a finished visit is never the last one
+                rest[len(_REST) :],
+            )
+        )
+
+
+_METRICS = '],"metrics":{"states":['
+_REST = '{"metrics":{"states":['
