@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from datetime import UTC, datetime
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "SystemClock", "now", "sleep"]

@@ -227,6 +227,15 @@ class Worker:
                 await sm.dispatch(item.event)
             except StateMachineError as e:
                 sm.note("event_refused", event=item.event.type, code=e.code, message=e.message)
+            if sm._pending and not sm._stale:
+                # A write failed (the store is down or busy): what this event did is not
+                # durable, so the event stays in the inbox and the next claim resumes.
+                logger.warning(
+                    "machine %s: the store did not take a write; %s stays in its inbox",
+                    claim.machine_id,
+                    item.event.type,
+                )
+                break
             if view.unconsumed() and not sm._stale:  # refused: no write took the event along
                 sm.note("event_refused", event=item.event.type, code="NO_TRANSITION")
                 await _persist(sm)

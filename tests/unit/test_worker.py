@@ -264,6 +264,37 @@ async def test_a_refused_event_is_consumed_and_the_next_one_runs(store: Any) -> 
     assert probe.count("m1") == 2
 
 
+class FlakyStore(MemoryStore):
+    """A MemoryStore that refuses the first write of an intent, as a store that is
+    briefly down does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def save(self, snapshot: Any, **kw: Any) -> None:
+        if self.refused == 0 and any(r.kind == "intent" for r in kw.get("journal", ())):
+            self.refused += 1
+            raise StateMachineError("store briefly unavailable", ErrorCode.STORE_UNAVAILABLE)
+        await super().save(snapshot, **kw)
+
+
+async def test_an_event_whose_intent_could_not_be_written_stays_in_the_inbox() -> None:
+    store = FlakyStore()
+    probe = Probe()
+    await start(store, "m1")
+    await store.send("m1", tick(1))
+    worker = worker_for(store, probe)
+
+    await worker.run_until_idle()
+
+    assert store.refused == 1
+    assert await visits(store, "m1") == [("TICK", 1)]  # delivered on the next claim
+    assert probe.count("m1") == 1  # the effect never ran without its intent
+    assert "event_refused" not in await kinds(store, "m1")
+    assert await store.next_event("m1") is None
+
+
 # --- run_until_idle ------------------------------------------------------------------------
 
 
