@@ -1,31 +1,28 @@
 """B5: send-to-effect-start latency through an idle Worker in another process.
 
-A worker process (this script with ``--role worker``: a ``Worker`` over a
-``PostgresStore`` in a fresh schema, or over a ``SQLiteStore`` file) serves
-``--events`` machines of a two-state workflow (``a -> b`` on ``PING``), started in
-advance and run once by the worker, so each has a fresh two-entry history. The
-effect of ``b``, first thing, writes ``time.time()`` (wall clock, same host) and the
-machine's number to the worker's stdout, a pipe this process reads. This process
-sends one PING to each machine in turn through its own store object: it waits until
-the worker is idle (no machine running, back in ``wait_for_work``), then a gap, then
-sends, and waits for the effect's line before the next send. Latency = effect start
-- the moment ``send()`` returned (the event committed); ``send()`` itself is shown
-apart, and so is effect start - ``send()`` called.
+**Method.** A worker process (this script with ``--role worker``: a ``Worker`` over a
+``PostgresStore`` in a fresh schema, or over a ``SQLiteStore`` file) serves ``N``
+machines of a two-state workflow (`a -> b` on `PING`), started in advance and run once
+by the worker, so each has a fresh two-entry history. The effect of `b`, first thing,
+writes `time.time()` (wall clock, same host) and the machine's number to the worker's
+stdout, a pipe this process reads. This process sends one `PING` to each machine in
+turn through its own store object: it waits until the worker is idle (no machine
+running, back in `wait_for_work`), then a gap, then sends, and waits for the effect's
+line before the next send. Latency = effect start - the moment `send()` returned (the
+event committed); the figure is its p99, the note gives p50, p95, max and `send()`
+itself.
 
-PostgreSQL wakes the worker with LISTEN/NOTIFY; the gap is ``--gap-ms``. SQLite is
-polled: the worker runs with ``--poll-ms`` (its idle wait; default 50) and the store
-reads ``PRAGMA data_version`` every 50 ms; the gap is ``--gap-ms`` plus a uniform
-random 0..poll-ms, so sends land at random points of the poll cycle. Baseline in the
-same run: the raw round trip of a psycopg ``NOTIFY`` (autocommit ``SELECT
-pg_notify``) to a psycopg ``LISTEN`` connection in another process that writes
-``time.time()`` to its stdout the same way: what LISTEN alone costs. Each run's work
-is checked (one effect line per event, for the machine it was sent to; every machine
-in state ``b``) before the percentiles are printed.
-
-    python benchmarks/b5_latency.py [--pg URL] [--events 1000] [--sqlite-events 300]
-                                    [--poll-ms 50] [--gap-ms 5] [--skip-sqlite]
-
-``--pg`` defaults to $DEPLOYSM_TEST_PG; without either it says so and exits 0.
+PostgreSQL wakes the worker with LISTEN/NOTIFY; the gap is `--gap-ms` (5). SQLite is
+polled: the worker runs with `--poll-ms` (its idle wait; 50) and the store reads
+`PRAGMA data_version` every 50 ms; the gap is `--gap-ms` plus a uniform random
+0..poll-ms, so sends land at random points of the poll cycle. Baseline (ratio 1.0) in
+the same run: the raw round trip of a psycopg `NOTIFY` (autocommit `SELECT pg_notify`)
+to a psycopg `LISTEN` connection in another process that writes `time.time()` to its
+stdout the same way: what LISTEN alone costs. Each run's work is checked (one effect
+line per event, for the machine it was sent to; every machine in state `b`) before the
+percentiles are computed. Full run: 1,000 events (PostgreSQL and the baseline), 300
+(SQLite); `--quick`: 50 each. The PostgreSQL rows need `--pg` or $DEPLOYSM_TEST_PG (a
+fresh schema, dropped afterwards); without it the setup line says they were skipped.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import harness
 import psycopg
 from psycopg import sql
 
@@ -61,8 +59,8 @@ LINE_TIMEOUT_S = 30.0
 # ------------------------------------------------------------------ child processes
 
 
-def ping() -> deploysm.StateMachineConfig[str, str, dict]:
-    async def mark(ctx: dict, state: deploysm.State[str]) -> None:
+def ping() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
+    async def mark(ctx: dict[str, Any], state: deploysm.State[str]) -> None:
         now = time.time()
         sys.stdout.write(f"E {ctx['i']} {now!r}\n")
         sys.stdout.flush()
@@ -155,7 +153,7 @@ class Child:
 Latencies = dict[str, list[float]]
 
 
-async def measure(
+async def sample(
     child: Child, send: Any, events: int, gap_s: float, jitter_s: float, kind: str
 ) -> Latencies:
     """``events`` sends one at a time, each once the child is idle plus ``gap_s`` plus a
@@ -170,8 +168,7 @@ async def measure(
         await send(i)
         t1 = time.time()
         _, seen, at = await child.line(kind)
-        if int(seen) != i:
-            raise SystemExit(f"sent to {i}, effect line from {seen}")
+        harness.check(int(seen) == i, f"sent to {i}, effect line from {seen}")
         out["after"].append(float(at) - t1)
         out["send"].append(t1 - t0)
         out["total"].append(float(at) - t0)
@@ -179,7 +176,7 @@ async def measure(
 
 
 async def run_worker(
-    target: str, schema: str | None, events: int, jitter_s: float, args: Any
+    target: str, schema: str | None, events: int, jitter_s: float, args: argparse.Namespace
 ) -> Latencies:
     store = open_store(target, schema)
     async with store:
@@ -199,18 +196,17 @@ async def run_worker(
                 if not await store.send(f"m{i}", "PING", event_id="ping"):
                     raise SystemExit(f"event to m{i} refused as a duplicate")
 
-            result = await measure(child, send, events, args.gap_ms / 1000, jitter_s, "E")
+            result = await sample(child, send, events, args.gap_ms / 1000, jitter_s, "E")
             await child.line("I")
         finally:
             await child.stop()
         machines = await store.list()
     in_b = sum(1 for m in machines if m.state == "b")
-    if len(machines) != events or in_b != events:
-        raise SystemExit(f"{in_b} of {events} machines took their PING")
+    harness.check(len(machines) == events == in_b, f"{in_b} of {events} machines took PING")
     return result
 
 
-async def run_baseline(dsn: str, events: int, args: Any) -> Latencies:
+async def run_baseline(dsn: str, events: int, args: argparse.Namespace) -> Latencies:
     child = await Child.spawn("--role", "listen", "--store", dsn)
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -218,7 +214,7 @@ async def run_baseline(dsn: str, events: int, args: Any) -> Latencies:
             async def send(i: int) -> None:
                 await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(i)))
 
-            return await measure(child, send, events, args.gap_ms / 1000, 0.0, "N")
+            return await sample(child, send, events, args.gap_ms / 1000, 0.0, "N")
     finally:
         await child.stop()
 
@@ -228,79 +224,106 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def row(name: str, values: list[float]) -> str:
+def row(name: str, values: list[float], base: float | None, extra: str) -> harness.Row:
+    """p99 of ``values`` (seconds) in ms; p50, p95 and max in the note."""
     ms = [v * 1000 for v in values]
-    cols = [statistics.median(ms), pct(ms, 0.95), pct(ms, 0.99), max(ms)]
-    return f"{name:<52}" + "".join(f"{c:>9.2f}" for c in cols)
+    p99 = pct(ms, 0.99)
+    note = f"p50 {statistics.median(ms):.2f}, p95 {pct(ms, 0.95):.2f}, max {max(ms):.2f} ms"
+    return harness.Row(name, p99, "ms", p99 / base if base else None, f"{note}; {extra}")
 
 
-async def bench(args: argparse.Namespace) -> None:
-    dsn = args.pg
+def send_note(lat: Latencies) -> str:
+    return f"send() p50 {statistics.median(lat['send']) * 1000:.2f} ms"
+
+
+async def pg_rows(dsn: str, events: int, args: argparse.Namespace) -> list[harness.Row]:
     schema = f"bench_b5_{uuid.uuid4().hex[:12]}"
-    tmp = Path(tempfile.mkdtemp(prefix="deploysm-b5-"))
-    runs: list[tuple[str, Latencies]] = []
-    t_start = time.perf_counter()
     try:
-        runs.append(
-            ("raw psycopg NOTIFY -> LISTEN (baseline)", await run_baseline(dsn, args.events, args))
-        )
-        pg = await run_worker(dsn, schema, args.events, 0.0, args)
-        runs.append(("deploysm PostgresStore worker (LISTEN/NOTIFY)", pg))
-        if not args.skip_sqlite:
-            jitter = args.poll_ms / 1000
-            lite = await run_worker(str(tmp / "b5.db"), None, args.sqlite_events, jitter, args)
-            runs.append((f"deploysm SQLiteStore worker (poll, --poll-ms {args.poll_ms})", lite))
+        base = await run_baseline(dsn, events, args)
+        harness.progress(f"NOTIFY baseline: p99 {pct(base['after'], 0.99) * 1000:.2f} ms")
+        pg = await run_worker(dsn, schema, events, 0.0, args)
+        harness.progress(f"PostgresStore worker: p99 {pct(pg['after'], 0.99) * 1000:.2f} ms")
     finally:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-            )
-            cur = await conn.execute("SELECT current_setting('server_version')")
-            (version,) = await cur.fetchone() or ("?",)
-        shutil.rmtree(tmp, ignore_errors=True)
-    elapsed = time.perf_counter() - t_start
-    print(
-        f"B5 send -> effect start through an idle worker process; {args.events} events "
-        f"(SQLite {args.sqlite_events}), sent {args.gap_ms:g} ms after the worker went idle "
-        f"(SQLite: + uniform 0-{args.poll_ms} ms); {elapsed:.0f} s in all"
-    )
-    print(
-        f"python {platform.python_version()}, postgresql {version}, sqlite "
-        f"{sqlite3.sqlite_version}, {os.cpu_count()} cpus"
-    )
-    for key, title in (
-        ("after", "effect start - send() returned (committed)"),
-        ("total", "effect start - send() called"),
-        ("send", "send() alone (called -> committed)"),
-    ):
-        print(f"{title + ', ms':<52}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
-        for name, result in runs:
-            print(row(f"  {name}", result[key]))
+            drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
+            await conn.execute(drop.format(sql.Identifier(schema)))
+    p99 = pct(base["after"], 0.99) * 1000
+    return [
+        row("raw psycopg NOTIFY -> LISTEN", base["after"], p99, send_note(base)),
+        row("deploysm PostgresStore worker (LISTEN/NOTIFY)", pg["after"], p99, send_note(pg)),
+    ]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--pg", default=os.environ.get("DEPLOYSM_TEST_PG"), metavar="URL")
-    p.add_argument("--events", type=int, default=1000, help="events sent (baseline, PostgreSQL)")
-    p.add_argument("--sqlite-events", type=int, default=300, help="events sent to SQLite")
-    p.add_argument("--poll-ms", type=int, default=50, help="the SQLite worker's poll_ms")
-    p.add_argument("--gap-ms", type=float, default=5.0, help="wait after the worker went idle")
-    p.add_argument("--skip-sqlite", action="store_true")
-    p.add_argument(
-        "--role", choices=["bench", "worker", "listen"], default="bench", help="internal"
-    )
-    p.add_argument("--store", help=argparse.SUPPRESS)
-    p.add_argument("--schema", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.role == "worker":
-        asyncio.run(serve_worker(args))
-    elif args.role == "listen":
-        asyncio.run(serve_listener(args))
-    elif not args.pg:
-        print("b5_latency: no PostgreSQL server given (--pg URL or DEPLOYSM_TEST_PG); skipped")
+async def server_version(dsn: str) -> str:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT current_setting('server_version')")
+        (version,) = await cur.fetchone() or ("?",)
+    return str(version)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=None, help="PostgreSQL, baseline (1000)")
+    parser.add_argument("--sqlite-events", type=int, default=None, help="SQLite (300)")
+    parser.add_argument("--poll-ms", type=int, default=50, help="the SQLite worker's poll_ms")
+    parser.add_argument("--gap-ms", type=float, default=5.0, help="wait after the worker idles")
+    parser.add_argument("--skip-sqlite", action="store_true")
+
+
+def measure(args: argparse.Namespace) -> harness.Result:
+    events = args.events or (50 if args.quick else 1000)
+    lite_events = args.sqlite_events or (50 if args.quick else 300)
+    dsn = harness.pg_url(args)
+    rows: list[harness.Row] = []
+    targets: list[harness.Target] = []
+    versions = {
+        "python": platform.python_version(),
+        "deploysm": deploysm.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "psycopg": psycopg.__version__,
+    }
+    setup = f"gap {args.gap_ms:g} ms after the worker went idle; {os.cpu_count()} cpus"
+    if dsn is None:
+        setup += "; PostgreSQL part skipped: no PostgreSQL URL (--pg or DEPLOYSM_TEST_PG)"
     else:
-        asyncio.run(bench(args))
+        rows += asyncio.run(pg_rows(dsn, events, args))
+        targets.append(harness.at_most("B5 PostgreSQL p99 ms", rows[-1].value, 25))
+        versions["postgresql"] = asyncio.run(server_version(dsn))
+        setup = f"PostgreSQL {events} events; " + setup
+    if not args.skip_sqlite:
+        tmp = Path(tempfile.mkdtemp(prefix="deploysm-b5-"))
+        try:
+            jitter = args.poll_ms / 1000
+            path = str(tmp / "b5.db")
+            lite = asyncio.run(run_worker(path, None, lite_events, jitter, args))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        name = f"deploysm SQLiteStore worker (poll, poll_ms={args.poll_ms})"
+        rows.append(row(name, lite["after"], None, send_note(lite)))
+        harness.progress(f"SQLiteStore worker: p99 {rows[-1].value:.2f} ms")
+        setup += f"; SQLite {lite_events} events, gap + uniform 0-{args.poll_ms} ms"
+    return harness.Result(
+        id="B5",
+        title="send-to-effect-start latency through an idle Worker in another process",
+        rows=rows,
+        targets=targets,
+        setup=setup,
+        versions=versions,
+    )
+
+
+def child_main() -> None:
+    """``--role worker`` / ``--role listen``: the child processes."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--role", choices=["worker", "listen"], required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--schema", default=None)
+    p.add_argument("--poll-ms", type=int, default=50)
+    args = p.parse_args()
+    asyncio.run(serve_worker(args) if args.role == "worker" else serve_listener(args))
 
 
 if __name__ == "__main__":
-    main()
+    if "--role" in sys.argv:
+        child_main()
+    else:
+        harness.main(measure, __doc__, add_args)
