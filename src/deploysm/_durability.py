@@ -116,10 +116,21 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     return None
 
 
-def rehydrate(m: StateMachine[Any, Any, Any], snapshot: Any, *, check_busy: bool = True) -> None:
+def rehydrate(
+    m: StateMachine[Any, Any, Any],
+    snapshot: Any,
+    *,
+    check_busy: bool = True,
+    validated: bool = False,
+) -> None:
     """Restore ``snapshot`` into ``m``; a bad one raises ``INVALID_SNAPSHOT`` and
-    leaves ``m`` untouched (every check runs before the first assignment)."""
-    snap = SerializableState.coerce(snapshot)
+    leaves ``m`` untouched (every check runs before the first assignment).
+    ``validated``: a snapshot a store just decoded with ``from_dict``, not checked
+    twice (its fit to this machine still is)."""
+    if validated and isinstance(snapshot, SerializableState):
+        snap = snapshot
+    else:
+        snap = SerializableState.coerce(snapshot)
     d = m._def
     bad = snapshot_problem(snap, d, m._machine_id if m._explicit_id else None)
     if bad:

@@ -39,12 +39,20 @@ async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
     )
 
 
-async def resume(m: StateMachine[Any, Any, Any]) -> TransitionResult[Any] | None:
-    """Load the stored snapshot and finish its in-flight transition, if any."""
-    snap = await load(m)
-    if snap is None:
-        return None
-    durability.rehydrate(m, snap, check_busy=False)
+async def resume(
+    m: StateMachine[Any, Any, Any], claimed: SerializableState | None = None
+) -> TransitionResult[Any] | None:
+    """Load the stored snapshot and finish its in-flight transition, if any.
+
+    ``claimed``: the snapshot a worker's claim has just read and validated, so the
+    store is not read (and the snapshot not decoded) a second time."""
+    if claimed is not None:
+        durability.rehydrate(m, claimed, check_busy=False, validated=True)
+    else:
+        snap = await load(m)
+        if snap is None:
+            return None
+        durability.rehydrate(m, snap, check_busy=False)
     flight = m._in_flight
     if flight is None or m._status != "active":
         return None

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import _recovery as recovery
 from ._config import StateMachineConfig
 from ._definition import Definition, compile_config
 from ._engine import StateMachine
@@ -212,7 +213,7 @@ class Worker:
             sm.note("started", workflow=claim.workflow, worker=self.worker_id)
             await _persist(sm)
         else:
-            await sm.resume()
+            await sm._exclusive(recovery.resume, claim.snapshot)
         if claim.cancel_requested and sm.status == "active":
             await sm.cancel()
         while sm.status == "active" and not sm._stale and not self._stopping:
