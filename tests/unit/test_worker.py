@@ -295,6 +295,31 @@ async def test_an_event_whose_intent_could_not_be_written_stays_in_the_inbox() -
     assert await store.next_event("m1") is None
 
 
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load(self, machine_id: str) -> Any:
+        self.loads += 1
+        return await super().load(machine_id)
+
+
+async def test_a_claimed_machine_resumes_from_the_claims_snapshot_without_a_reload() -> None:
+    store = CountingStore()
+    probe = Probe()
+    await start(store, "m1")
+    await store.send("m1", tick(1))
+    worker = worker_for(store, probe)
+    await worker.run_until_idle()
+    await store.send("m1", tick(2))  # the second claim carries the stored snapshot
+
+    await worker.run_until_idle()
+
+    assert await tick_payloads(store, "m1") == [1, 2]
+    assert store.loads == 1  # the test's own read above; none by the worker
+
+
 # --- run_until_idle ------------------------------------------------------------------------
 
 
