@@ -13,7 +13,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +26,7 @@ import deploysm
 from deploysm import ErrorCode, StateMachineConfig, StateMachineError, Transition, Worker
 from deploysm.stores import JournalRecord
 from deploysm.stores._postgres import PostgresStore
-from deploysm.stores._postgres_sql import migrations
+from deploysm.stores._postgres_sql import Listener, migrations
 
 
 def _helper() -> ModuleType:
@@ -43,6 +43,7 @@ def _helper() -> ModuleType:
 
 
 pk = _helper()
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -149,6 +150,85 @@ async def test_newer_schema_is_refused(dsn: str, schema: str) -> None:
     await store.close()
 
 
+# --------------------------------------------------------------------------- saves
+
+
+async def _blocked_by(dsn: str, pid: int) -> None:
+    """Until some backend waits for a lock that backend ``pid`` holds."""
+    for _ in range(500):
+        query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        rows = await fetch(dsn, query, (pid,))
+        if rows[0][0]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the save never waited for the row lock")
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "says"),
+    [
+        (sql.SQL("version = 2"), ErrorCode.CONFLICT, "found 2"),
+        (
+            sql.SQL(
+                "lease_owner = 'w9', lease_expires_at = now() + interval '1 minute',"
+                " fencing_token = fencing_token + 1"
+            ),
+            ErrorCode.LEASE_LOST,
+            "no longer valid",
+        ),
+    ],
+    ids=["version", "lease"],
+)
+async def test_a_save_beaten_inside_its_statement_says_why(
+    dsn: str, schema: str, change: sql.SQL, code: ErrorCode, says: str
+) -> None:
+    # A save is one statement; its snapshot still shows the row it expected when
+    # another transaction changes that row under it, so it must look again to say why.
+    async with PostgresStore(dsn, schema=schema) as store:
+        await store.save(await snapshot("m", 1), expected_version=None, workflow="wf")
+        async with await psycopg.AsyncConnection.connect(dsn) as other:
+            query = sql.SQL("UPDATE {} SET {} WHERE id = 'm'")
+            await other.execute(query.format(sql.Identifier(schema, "machines"), change))
+            saving = asyncio.ensure_future(
+                store.save(
+                    await snapshot("m", 2), expected_version=1, journal=[JournalRecord("x", T0, {})]
+                )
+            )
+            await _blocked_by(dsn, other.info.backend_pid)
+            await other.commit()
+        with pytest.raises(StateMachineError) as info:
+            await saving
+        assert info.value.code == code and says in str(info.value)
+        assert await store.journal("m") == []
+
+
+async def test_journal_records_are_kept_in_order_and_exactly(dsn: str, schema: str) -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    east = timezone(timedelta(hours=5, minutes=30))
+    records = [
+        JournalRecord(f"k{i}", T0 + timedelta(microseconds=i), {"i": i, "s": "\u00e9"})
+        for i in range(25)
+    ]
+    records += [
+        JournalRecord("east", datetime(2024, 5, 1, 5, 30, 0, 1, tzinfo=east), {"o": Odd()}),
+        JournalRecord("naive", datetime(2024, 5, 1, 0, 0, 0, 2), {"n": None, "q": '"[]'}),
+    ]
+    async with PostgresStore(dsn, schema=schema) as store:
+        await store.save(await snapshot("m", 1), expected_version=None, journal=records[:1])
+        await store.save(await snapshot("m", 2), expected_version=1, journal=records[1:])
+        entries = await store.journal("m")
+    assert [e.kind for e in entries] == [r.kind for r in records]
+    assert [e.version for e in entries] == [1] + [2] * (len(records) - 1)
+    assert [e.at for e in entries[:25]] == [r.at for r in records[:25]]
+    assert entries[25].at == datetime(2024, 5, 1, 0, 0, 0, 1, tzinfo=UTC)
+    assert entries[26].at == datetime(2024, 5, 1, 0, 0, 0, 2, tzinfo=UTC)
+    assert entries[3].data == {"i": 3, "s": "\u00e9"}
+    assert entries[25].data == {"o": "odd"} and entries[26].data == {"n": None, "q": '"[]'}
+
+
 # -------------------------------------------------------------------------- claims
 
 
@@ -251,7 +331,9 @@ async def test_listener_reconnects_after_its_connection_drops(dsn: str, schema: 
         await store.start("wf", "m", {})
         await store.wait_for_work(0.01)
         listener = store._listener
-        assert listener is not None and listener.backend_pid is not None
+        assert listener is not None
+        await asyncio.wait_for(listener.ready.wait(), 5.0)  # connecting may take > 10 ms
+        assert listener.backend_pid is not None
         old = listener.backend_pid
         await fetch(dsn, "SELECT pg_terminate_backend(%s)", (old,))
         for _ in range(250):  # it reconnects within ~50 ms; give it 5 s
@@ -265,6 +347,40 @@ async def test_listener_reconnects_after_its_connection_drops(dsn: str, schema: 
         await store.send("m", "GO")
         await asyncio.wait_for(waiter, 4.0)
         assert time.perf_counter() - t0 < 1.5
+
+
+async def test_a_notification_while_nobody_waits_ends_the_next_wait(dsn: str) -> None:
+    # A worker claims, then waits: a notification in between (here: before the wait)
+    # must end that wait at once, not leave it to its poll. A channel of its own, so
+    # other stores on this database cannot wake it.
+    channel = f"deploysm_test_{uuid.uuid4().hex[:12]}"
+    listener = Listener(dsn, channel)
+
+    async def no_timer() -> float | None:
+        return None
+
+    try:
+        await listener.wait_for_work(0.01, no_timer)
+        await asyncio.wait_for(listener.ready.wait(), 5.0)
+        # LISTEN coming up counted as a wake (what came before it is lost); take it
+        assert await listener.wait_for_work(0.01, no_timer) in ("pending", "timeout")
+        assert await listener.wait_for_work(0.05, no_timer) == "timeout"
+        received = listener.received
+        await fetch(dsn, "SELECT pg_notify(%s, 'm')", (channel,))
+        for _ in range(500):
+            if listener.received > received:
+                break
+            await asyncio.sleep(0.01)
+        assert listener.received == received + 1  # it came while nobody waited
+        woke = await asyncio.wait_for(listener.wait_for_work(600.0, no_timer), 10.0)
+        assert woke == "pending"
+        assert await listener.wait_for_work(0.05, no_timer) == "timeout"  # once only
+        waiter = asyncio.ensure_future(listener.wait_for_work(600.0, no_timer))
+        await asyncio.sleep(0.05)
+        await fetch(dsn, "SELECT pg_notify(%s, 'm')", (channel,))
+        assert await asyncio.wait_for(waiter, 10.0) == "notified"
+    finally:
+        await listener.stop()
 
 
 async def test_wait_for_work_ends_at_the_next_timer(dsn: str, schema: str) -> None:

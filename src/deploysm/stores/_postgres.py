@@ -8,6 +8,10 @@ claim bumps a fencing token that every later save must carry. Leases and timers 
 the database clock. ``send``/``start``/``request_cancel``/``release`` notify
 (``pg_notify``) in their own transaction, and ``wait_for_work`` listens on a
 dedicated connection. The SQL lives in ``sql/postgres`` (see ``_postgres_sql``).
+
+A save is one statement (data-modifying CTEs: the compare-and-set and lease check,
+the journal rows, the inbox deliveries), so one round trip that commits on its own:
+a durable transition costs two commits (intent, outcome) and little more.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ from ._postgres_sql import (
     Listener,
     check_dsn,
     db_error,
-    journal_json,
+    journal_rows,
     migrate,
     queries,
     redact,
     refusal,
+    refuses,
+    save_query,
     utc,
 )
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
@@ -217,20 +223,21 @@ class PostgresStore(AsyncOpenClose):
             "busy": snapshot.in_flight is not None,
             "expected": expected_version,
             "token": token,
+            "journal": journal_rows(journal) if journal else None,
+            "seqs": list(consumed),
         }
-        rows = [(mid, snapshot.version, r.kind, utc(r.at), journal_json(r.data)) for r in journal]
-        seqs = list(consumed)
-        async with self._conn(f"saving {mid!r}") as conn, conn.transaction():
-            query = "save_insert" if expected_version is None else "save_update"
-            cur = await conn.execute(self._q[query], params)
-            if cur.rowcount != 1:
+        query = save_query(expected_version is None, bool(journal), bool(consumed))
+        async with self._conn(f"saving {mid!r}") as conn:
+            # one statement, so one round trip and its own transaction (autocommit)
+            cur = await conn.execute(query, params, prepare=True)
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return
+            found = None if row is None else row[1:]
+            if not refuses(expected_version, token, found):
                 cur = await conn.execute(self._q["save_found"], {"id": mid})
-                raise refusal(mid, expected_version, token, await cur.fetchone())
-            if rows:
-                async with conn.cursor() as c:
-                    await c.executemany(self._q["journal_append"], rows)
-            if seqs:
-                await conn.execute(self._q["inbox_consume"], {"id": mid, "seqs": seqs})
+                found = await cur.fetchone()
+        raise refusal(mid, expected_version, token, found)
 
     async def load(self, machine_id: str) -> SerializableState | None:
         row = await self._fetchone("load", {"id": machine_id}, f"loading {machine_id!r}")
@@ -366,8 +373,10 @@ class PostgresStore(AsyncOpenClose):
     async def wait_for_work(self, max_wait_s: float) -> None:
         """Return at the next notification (an event sent, a machine started, released
         with work or a timer, a cancel request), at the earliest timer of an active
-        machine, or after ``max_wait_s``, whichever comes first. Never raises for an
-        unreachable server: the listener reconnects in the background."""
+        machine, or after ``max_wait_s``, whichever comes first; at once when a
+        notification came while nobody waited (say between a worker's claim and this
+        wait), or the listener (re)connected since. Never raises for an unreachable
+        server: the listener reconnects in the background."""
         if self._listener is None:
             self._listener = Listener(self.dsn)
         await self._listener.wait_for_work(max_wait_s, self._next_timer)

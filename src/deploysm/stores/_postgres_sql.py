@@ -15,12 +15,12 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any, Literal, LiteralString, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .._errors import ErrorCode, StateMachineError
 from .._redact import REDACTED
-from ._base import conflict
+from ._base import JournalRecord, conflict
 from ._runtime import lease_lost
 
 __all__ = [
@@ -37,14 +37,17 @@ __all__ = [
     "STORE_UNAVAILABLE",
     "Listener",
     "Migration",
+    "Wake",
     "check_dsn",
     "db_error",
     "migrate",
     "migrations",
     "queries",
-    "journal_json",
+    "journal_rows",
     "redact",
     "refusal",
+    "refuses",
+    "save_query",
     "scrub",
     "utc",
 ]
@@ -167,12 +170,29 @@ def utc(d: datetime) -> datetime:
     return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
 
 
-def journal_json(data: Mapping[str, Any]) -> str:
+def journal_rows(records: Sequence[JournalRecord]) -> str:
+    """``records`` as the JSON array of ``[kind, at, data]`` that ``save_journal`` reads
+    (``at`` in ISO 8601, UTC)."""
     # The journal is for people and tools: a value JSON cannot hold is kept as its str()
     # rather than failing the durable write it explains (as SQLiteStore does); a NUL,
     # which jsonb refuses, is kept as U+FFFD.
-    text = json.dumps(dict(data), separators=(",", ":"), allow_nan=False, default=str)
+    rows = [[r.kind, utc(r.at).isoformat(), dict(r.data)] for r in records]
+    text = json.dumps(rows, separators=(",", ":"), allow_nan=False, default=str)
     return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+@cache
+def save_query(insert: bool, journal: bool, consume: bool) -> LiteralString:
+    """The one statement of a save (see ``queries.sql``): the first save of a machine
+    (``insert``) or a compare-and-set update, with journal records or inbox deliveries
+    when it has them."""
+    q = queries()
+    query = q["save_insert"] if insert else q["save_update"]
+    if journal:
+        query += "\n" + q["save_journal"]
+    if consume:
+        query += "\n" + q["save_consume"]
+    return query + "\n" + q["save_result"]
 
 
 # ---------------------------------------------------------------------------- errors
@@ -251,6 +271,20 @@ def check_dsn(dsn: str) -> None:
         ) from None
 
 
+def refuses(expected: int | None, token: int | None, row: tuple[Any, ...] | None) -> bool:
+    """Whether ``row`` (version, fencing token, live lease; ``None``: no row) refuses a
+    save expecting ``expected`` with ``token``. A save's statement reports the row as of
+    its snapshot; when that row would not refuse it, a concurrent writer changed the row
+    after the snapshot (the write itself checks the newest one), so look again."""
+    if row is None:
+        return expected is not None
+    if expected is None:
+        return True
+    version, fencing_token, leased = row
+    lease_ok = fencing_token == token if token is not None else not leased
+    return not lease_ok or int(version) != expected
+
+
 def refusal(
     mid: str, expected: int | None, token: int | None, row: tuple[Any, ...] | None
 ) -> StateMachineError:
@@ -266,9 +300,17 @@ def refusal(
 # ---------------------------------------------------------------------------- LISTEN
 
 
+Wake = Literal["notified", "pending", "timeout", "stopped"]
+
+
 class Listener:
     """One dedicated connection (not from the pool) that LISTENs on ``CHANNEL`` and wakes
-    every waiter at each notification; it reconnects (with backoff) when it drops."""
+    every waiter at each notification; it reconnects (with backoff) when it drops.
+
+    A wake that finds nobody waiting (a notification that comes while a worker claims,
+    or before its wait is registered; the (re)connection, after which anything sent
+    while not listening is lost) is remembered: the next wait returns at once
+    (``"pending"``), so the worker claims again instead of sleeping until its poll."""
 
     def __init__(self, dsn: str, channel: str = CHANNEL) -> None:
         self.dsn = dsn
@@ -276,6 +318,8 @@ class Listener:
         self.ready = asyncio.Event()  # set while LISTEN is active (and once stopped)
         self.backend_pid: int | None = None
         self.stopped = False
+        self.received = 0  # notifications received
+        self._pending = False  # a wake that found nobody waiting
         self._waiters: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -298,12 +342,13 @@ class Listener:
 
     async def wait_for_work(
         self, max_wait_s: float, next_timer: Callable[[], Awaitable[float | None]]
-    ) -> None:
+    ) -> Wake:
         """Until the next notification, the next timer (``next_timer()`` seconds from
-        now, asked once LISTEN is up) or ``max_wait_s``; starts listening if needed.
-        Never raises for an unreachable server: it keeps reconnecting meanwhile."""
+        now, asked once LISTEN is up) or ``max_wait_s``; at once when a wake came while
+        nobody waited. Starts listening if needed; says what ended the wait. Never
+        raises for an unreachable server: it keeps reconnecting meanwhile."""
         if self.stopped:
-            return
+            return "stopped"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait_s
         self.start()
@@ -311,28 +356,41 @@ class Listener:
             try:
                 await asyncio.wait_for(self.ready.wait(), max(0.0, max_wait_s))
             except TimeoutError:
-                return
+                return "timeout"
+        if self._pending:  # no need to ask for the next timer
+            self._pending = False
+            return "pending"
         timer = None if self.stopped else await next_timer()
         if timer is not None:
             deadline = min(deadline, loop.time() + max(0.0, timer))
-        if not self.stopped:
-            await self.wait(deadline - loop.time())
+        if self.stopped:
+            return "stopped"
+        return await self.wait(deadline - loop.time())
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until the next notification, or ``timeout_s``."""
+    async def wait(self, timeout_s: float) -> Wake:
+        """Until the next notification, or ``timeout_s``; at once when a wake came while
+        nobody waited."""
+        if self._pending:
+            self._pending = False
+            return "pending"
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)
         try:
             await asyncio.wait_for(waiter, max(0.0, timeout_s))
         except TimeoutError:
-            pass
+            return "timeout"
         finally:
             self._waiters.discard(waiter)
+        return "stopped" if self.stopped else "notified"
 
     def wake(self) -> None:
+        woken = False
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+                woken = True
+        if not woken:
+            self._pending = True
 
     async def _run(self) -> None:
         delay = 0.05
@@ -360,6 +418,7 @@ class Listener:
                 delay = 0.05
                 while True:
                     async for _ in conn.notifies(timeout=30.0):
+                        self.received += 1
                         self.wake()
                     await conn.execute("SELECT 1")  # quiet for 30 s: is it still there?
             except Exception as e:

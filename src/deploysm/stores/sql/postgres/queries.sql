@@ -2,38 +2,66 @@
 -- against the store's schema (search_path). Parameters use psycopg's %(name)s style.
 -- Every time comes from the database clock (now()), so hosts may disagree on theirs.
 
+-- A save is ONE statement, run outside any explicit transaction (so it commits on its
+-- own, in one round trip): a head (save_insert or save_update, the CTE "saved"), then
+-- save_journal when it has journal records, save_consume when it consumes inbox events,
+-- and save_result. PostgresStore.save puts them together; every part runs or none does.
+
 -- name: save_insert
 -- A first save (expected_version None): only if no row with this id exists.
-INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy)
-VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s, %(version)s,
-        %(snapshot)s, %(busy)s)
-ON CONFLICT (id) DO NOTHING;
+WITH saved AS (
+    INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy)
+    VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s,
+            %(version)s::bigint, %(snapshot)s, %(busy)s)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
 
 -- name: save_update
 -- Compare-and-set: the stored version must be the expected one, and the writer must
 -- hold the fencing token (with a token) or nobody may hold a live lease (without).
-UPDATE machines
-   SET workflow = coalesce(%(workflow)s, workflow), definition_id = %(definition_id)s,
-       status = %(status)s, state = %(state)s, version = %(version)s,
-       snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now()
- WHERE id = %(id)s AND version = %(expected)s
-   AND CASE WHEN %(token)s::bigint IS NULL
-            THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
-            ELSE fencing_token = %(token)s::bigint END;
+WITH saved AS (
+    UPDATE machines
+       SET workflow = coalesce(%(workflow)s, workflow), definition_id = %(definition_id)s,
+           status = %(status)s, state = %(state)s, version = %(version)s::bigint,
+           snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now()
+     WHERE id = %(id)s AND version = %(expected)s::bigint
+       AND CASE WHEN %(token)s::bigint IS NULL
+                THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
+                ELSE fencing_token = %(token)s::bigint END
+    RETURNING id
+)
+
+-- name: save_journal
+-- The journal records, a JSON array of [kind, at, data], in order; only if saved.
+, journaled AS (
+    INSERT INTO journal (machine_id, version, kind, at, data)
+    SELECT saved.id, %(version)s::bigint, r.rec ->> 0, (r.rec ->> 1)::timestamptz, r.rec -> 2
+      FROM saved, jsonb_array_elements(%(journal)s::jsonb) WITH ORDINALITY AS r (rec, n)
+     ORDER BY r.n
+)
+
+-- name: save_consume
+, consumed AS (
+    UPDATE inbox SET delivered_at = now()
+     WHERE machine_id = %(id)s AND seq = ANY(%(seqs)s::bigint[]) AND delivered_at IS NULL
+       AND EXISTS (SELECT FROM saved)
+)
+
+-- name: save_result
+-- One row "true" when the save wrote; else the row as this statement found it (none:
+-- no such machine), to tell LEASE_LOST from CONFLICT without another round trip.
+SELECT true, NULL::bigint, NULL::bigint, NULL::boolean FROM saved
+UNION ALL
+SELECT false, version, fencing_token,
+       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now()
+  FROM machines WHERE id = %(id)s AND NOT EXISTS (SELECT FROM saved);
 
 -- name: save_found
 -- Why a save wrote nothing: the row's version, token and whether a lease is live.
 SELECT version, fencing_token,
        lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now()
   FROM machines WHERE id = %(id)s;
-
--- name: journal_append
-INSERT INTO journal (machine_id, version, kind, at, data)
-VALUES (%s, %s, %s, %s, %s::jsonb);
-
--- name: inbox_consume
-UPDATE inbox SET delivered_at = now()
- WHERE machine_id = %(id)s AND seq = ANY(%(seqs)s::bigint[]) AND delivered_at IS NULL;
 
 -- name: load
 SELECT snapshot FROM machines WHERE id = %(id)s;
