@@ -60,8 +60,10 @@ async def run_engine(dsn: str, schema: str, prefix: str, machines: int, concurre
 
 
 async def run_raw(dsn: str, schema: str, table: str, transitions: int, conns: int) -> float:
-    """One ~1 KB upsert + COMMIT per transition; ``conns`` connections share the work,
-    each on its own machines (transition ``i`` goes to machine ``i // STEPS``)."""
+    """One ~1 KB upsert per transition, in autocommit (one round trip, one commit) and
+    prepared: the cheapest durable write per transition psycopg offers. ``conns``
+    connections share the work, each on its own machines (transition ``i`` goes to
+    machine ``i // STEPS``)."""
     ident = sql.Identifier(schema, table)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
         await admin.execute(
@@ -75,7 +77,9 @@ async def run_raw(dsn: str, schema: str, table: str, transitions: int, conns: in
     ).format(ident)
     machines = -(-transitions // STEPS)
     share = [range(m, machines, conns) for m in range(conns)]
-    connections = [await psycopg.AsyncConnection.connect(dsn) for _ in range(conns)]
+    connections = [
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(conns)
+    ]
 
     async def loop(conn: psycopg.AsyncConnection, mine: range) -> None:
         for m in mine:
@@ -83,8 +87,7 @@ async def run_raw(dsn: str, schema: str, table: str, transitions: int, conns: in
                 i = m * STEPS + step
                 if i >= transitions:
                     return
-                await conn.execute(upsert, (f"m{m}", i, BLOB))
-                await conn.commit()
+                await conn.execute(upsert, (f"m{m}", i, BLOB), prepare=True)
 
     try:
         t0 = time.perf_counter()

@@ -6,9 +6,10 @@ every transition writes its intent and its outcome (two durable commits, each a 
 plus journal records). The server's `synchronous_commit` is left as it is (the setup line
 says what it was). Per system:
 
-- raw psycopg 3 async loop (the baseline): one ~1 KB upsert + `COMMIT` per transition
-  from 1 connection, 9 transitions per machine; and the same from 8 connections at once,
-  each on its own machines;
+- raw psycopg 3 async loop (the baseline): one ~1 KB upsert per transition, prepared,
+  in autocommit (one round trip and one commit each: the cheapest durable write per
+  transition), from 1 connection, 9 transitions per machine; and the same from 8
+  connections at once, each on its own machines;
 - deploysm `PostgresStore`, 1 machine at a time: machines run one after another, each
   `await sm.dispatch("NEXT")` 9 times;
 - deploysm `PostgresStore`, 100 machines at once (`asyncio.gather`), sharing the store's
@@ -44,7 +45,7 @@ from peer_dbos import run_dbos
 import deploysm
 from deploysm.stores import PostgresStore
 
-BASELINE = "raw psycopg: 1 upsert + commit per transition, 1 connection"
+BASELINE = "raw psycopg: 1 autocommit upsert per transition, 1 connection"
 KEYS = ("raw1", "raw8", "seq", "conc")
 
 
