@@ -56,18 +56,28 @@ async def run_machine(config: deploysm.StateMachineConfig[str, str, dict], mid: 
             raise SystemExit(f"{mid}: {result.error}")
 
 
+async def run_pipelines(
+    config: deploysm.StateMachineConfig[str, str, dict],
+    machines: int,
+    concurrent: bool,
+    prefix: str,
+) -> float:
+    """Run ``machines`` pipelines one after another or all at once; the seconds taken."""
+    ids = [f"{prefix}{i}" for i in range(machines)]
+    t0 = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(run_machine(config, mid) for mid in ids))
+    else:
+        for mid in ids:
+            await run_machine(config, mid)
+    return time.perf_counter() - t0
+
+
 async def run_engine(path: Path, machines: int, concurrent: bool) -> float:
     calls = [0]
     async with SQLiteStore(path) as store:
         config = pipeline(store, calls)
-        ids = [f"m{i}" for i in range(machines)]
-        t0 = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(run_machine(config, mid) for mid in ids))
-        else:
-            for mid in ids:
-                await run_machine(config, mid)
-        elapsed = time.perf_counter() - t0
+        elapsed = await run_pipelines(config, machines, concurrent, "m")
         done = await store.list(status="completed")
     if calls[0] != machines * STEPS or len(done) != machines:
         raise SystemExit(f"engine did {calls[0]} effects, {len(done)} machines completed")

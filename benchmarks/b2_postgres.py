@@ -30,7 +30,7 @@ import time
 import uuid
 
 import psycopg
-from b2_durable import STEPS, pipeline, run_machine  # the same workload as B2s
+from b2_durable import STEPS, pipeline, run_pipelines  # the same workload as B2s
 from psycopg import sql
 
 from deploysm.stores import PostgresStore
@@ -42,14 +42,7 @@ async def run_engine(dsn: str, schema: str, prefix: str, machines: int, concurre
     calls = [0]
     async with PostgresStore(dsn, schema=schema) as store:
         config = pipeline(store, calls)
-        ids = [f"{prefix}{i}" for i in range(machines)]
-        t0 = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(run_machine(config, mid) for mid in ids))
-        else:
-            for mid in ids:
-                await run_machine(config, mid)
-        elapsed = time.perf_counter() - t0
+        elapsed = await run_pipelines(config, machines, concurrent, prefix)
         done = [m for m in await store.list(status="completed") if m.machine_id.startswith(prefix)]
         versions = {m.version for m in done}
     if calls[0] != machines * STEPS or len(done) != machines:

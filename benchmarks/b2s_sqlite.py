@@ -34,11 +34,10 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import harness
-from b2_durable import STEPS, pipeline, run_machine, run_raw
+from b2_durable import STEPS, pipeline, run_pipelines, run_raw
 from peer_dbos import run_dbos
 
 import deploysm
@@ -52,14 +51,7 @@ async def run_engine(path: Path, machines: int, concurrent: bool) -> tuple[float
     calls = [0]
     async with SQLiteStore(path) as store:
         config = pipeline(store, calls)
-        ids = [f"m{i}" for i in range(machines)]
-        t0 = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(run_machine(config, mid) for mid in ids))
-        else:
-            for mid in ids:
-                await run_machine(config, mid)
-        elapsed = time.perf_counter() - t0
+        elapsed = await run_pipelines(config, machines, concurrent, "m")
         done = await store.list(status="completed")
         batching = store.write_requests / max(1, store.commits)
     harness.check(calls[0] == machines * STEPS, f"deploysm ran {calls[0]} effects")
