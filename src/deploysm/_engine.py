@@ -54,6 +54,7 @@ class StateMachine(Generic[S, E, C]):
         "_explicit_id",
         "_history",
         "_in_flight",
+        "_json",
         "_last_error",
         "_lock",
         "_machine_id",
@@ -89,6 +90,7 @@ class StateMachine(Generic[S, E, C]):
         self._cancellable = False
         self._cancel_requested = False
         self._in_flight: InFlight | None = None
+        self._json: Any = None  # the snapshot JSON cache of a stored machine
         self._committed: list[CommittedEffect] = []
         self._last_error: dict[str, Any] | None = None
         self._pending: list[JournalRecord] = []

@@ -21,14 +21,13 @@ last cached entry; anything else rebuilds it. The header, ``current_state``,
 afresh on every save. (A history entry's ``data`` is encoded as it was when first
 saved: a payload object the caller mutates afterwards no longer rewrites history.)
 
-Only machines with a store get a cache (see ``build_snapshot(copy=False)``); it lives
-beside the machine in a weak mapping and goes away with it.
+Only machines with a store get a cache (see ``build_snapshot(copy=False)``); it is
+kept in the machine's ``_json`` slot.
 """
 
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -41,14 +40,12 @@ T = TypeVar("T")
 # What ``json.dumps(data, separators=(",", ":"), allow_nan=False)`` builds on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
-_CACHES: weakref.WeakKeyDictionary[Any, SnapshotJSON] = weakref.WeakKeyDictionary()
-
 
 def cache_for(machine: Any) -> SnapshotJSON:
     """The snapshot JSON cache of ``machine``, made on first use."""
-    cache = _CACHES.get(machine)
+    cache: SnapshotJSON | None = machine._json
     if cache is None:
-        cache = _CACHES[machine] = SnapshotJSON()
+        cache = machine._json = SnapshotJSON()
     return cache
 
 

@@ -156,13 +156,7 @@ class Store(Protocol):
 
 
 class AsyncOpenClose:
-    """The built-in stores' base: ``async with store:`` opens the store on entry and
-    closes it on exit; ``_encode_snapshot`` is a save's snapshot encoding."""
-
-    codec: Codec
-
-    def _encode_snapshot(self, snapshot: SerializableState) -> bytes:
-        return encode_snapshot(self.codec, snapshot)
+    """``async with store:`` opens the store on entry and closes it on exit."""
 
     async def open(self) -> None:
         raise NotImplementedError

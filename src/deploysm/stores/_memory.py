@@ -18,6 +18,7 @@ from ._base import (
     JSONCodec,
     MachineInfo,
     conflict,
+    encode_snapshot,
 )
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
 
@@ -131,7 +132,7 @@ class MemoryStore(AsyncOpenClose):
         consumed: Sequence[int] = (),
     ) -> None:
         mid = snapshot.machine_id
-        blob = self._encode_snapshot(snapshot)
+        blob = encode_snapshot(self.codec, snapshot)
         async with self._lock:
             row = self._rows.get(mid)
             if row is not None:  # the lease is checked first: a fenced-out writer learns why

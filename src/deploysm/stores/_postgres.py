@@ -39,6 +39,7 @@ from ._base import (
     JSONCodec,
     MachineInfo,
     conflict,
+    encode_snapshot,
 )
 from ._postgres_sql import (
     CHANNEL,
@@ -219,7 +220,7 @@ class PostgresStore(AsyncOpenClose):
             "status": snapshot.status,
             "state": snapshot.current_state.name,
             "version": snapshot.version,
-            "snapshot": self._encode_snapshot(snapshot),
+            "snapshot": encode_snapshot(self.codec, snapshot),
             "busy": snapshot.in_flight is not None,
             "expected": expected_version,
             "token": token,

@@ -47,6 +47,7 @@ from ._base import (
     JSONCodec,
     MachineInfo,
     conflict,
+    encode_snapshot,
 )
 from ._runtime import lease_lost
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
@@ -227,7 +228,7 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
         token; without one, while another worker's lease is live. ``consumed`` inbox
         seqs are marked delivered in the same transaction."""
         mid = snapshot.machine_id
-        blob = self._encode_snapshot(snapshot)
+        blob = encode_snapshot(self.codec, snapshot)
         values = (
             mid,
             workflow,
