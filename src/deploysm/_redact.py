@@ -9,9 +9,13 @@ a few explicit exceptions for common words that merely contain a fragment: ``aut
 ``tokenizer``/``tokenise`` and ``secretary``. The exceptions apply to the fragments ``auth``,
 ``token`` and ``secret`` whether they come from the defaults or from custom keys.
 
-In text, a value ends at whitespace, ``,``, ``;``, ``&``, ``)`` or ``}``; a quoted value ends at
-its closing quote, or at the end of the line when the quote is never closed. URL userinfo
-passwords (``scheme://user:pass@host``) are redacted whatever the configured keys.
+In text the rule errs on the side of hiding too. After a secret key and a separator (``=``,
+``:``, ``=>``, ``:=``, `` is ``, `` was ``), an unquoted value runs to the end of its line,
+spaces and commas included, and stops only before another ``key=``-like pair on that line
+(``a=1, password=x y, b=2`` keeps ``b=2``); a key at the end of a line hides the next line.
+A quoted value ends at its closing quote, or at the end of the line when the quote is never
+closed. Whatever the configured keys, URL userinfo passwords (``scheme://user:pass@host``)
+and any ``Bearer``/``Basic`` credential are hidden.
 """
 
 from __future__ import annotations
@@ -43,15 +47,25 @@ _MAX_DEPTH = 100  # containers nested deeper than this are replaced wholesale
 
 _SEPARATORS = re.compile(r"[\s._\-]+")
 _VALUE_END = r"\s,;&)}"
-# One left-to-right scan: URL userinfo, or ``key<sep>`` (the value is parsed separately).
+_CREDENTIAL = r"[^\s,;'\"\[]+"
+# One left-to-right scan: URL userinfo, a bare Bearer/Basic credential, or ``key<sep>``
+# (the value is parsed separately).
 _SCAN = re.compile(
     r"(?<![A-Za-z0-9+.\-])(?P<url>[A-Za-z0-9+.\-]+://[\w.%~+\-]*:)(?P<pw>[^\s/?#\"']+)@"
-    r"|(?<![\w.\-])(?P<key>[\w.\-]+)(?:\\?[\"'])?[ \t]*(?:=>|==?|:(?!//)=?)[ \t]*"
+    r"|(?<![\w.\-])(?P<key>[\w.\-]+)(?:\\?[\"'])?"
+    r"(?:[ \t]*(?:=>|==?|:(?!//)=?)|[ \t]+(?i:is|was)(?![\w.\-]))[ \t]*"
+    rf"|(?<![\w.\-])(?i:bearer|basic)[ \t]+(?P<cred>{_CREDENTIAL})"
 )
 _VALUE = re.compile(
     r"(?P<q>\\?[\"'])(?:\\[^\n]|[^\n])*?(?:(?P<close>(?P=q))|(?=\n)|\Z)"
-    rf"|(?P<raw>[^{_VALUE_END}]+)"
+    r"|(?P<raw>[^\s][^\n]*)"
 )
+# Where an unquoted value stops: before another ``key=``-like pair on its line.
+_NEXT_PAIR = re.compile(
+    r"(?:[ \t]*[,;&][ \t]*|[ \t]+)(?=[\"']?[A-Za-z_][\w.\-]*[\"']?[ \t]*(?:=|:(?:[ \t]|$)))",
+    re.MULTILINE,
+)
+_LINE_BREAK = re.compile(r"[ \t]*\r?\n[ \t]*")
 _SCHEME = re.compile(
     r"(?i:bearer|basic|digest|token|negotiate|ntlm|hoba|mutual|oauth|aws4-hmac-sha256)"
     rf"[ \t]+(?=[^{_VALUE_END}])"
@@ -82,7 +96,7 @@ class Redactor:
         self._key_re = re.compile("|".join(alternatives) or r"(?!)")
         # Cheap test for "could anything here need redacting?" on raw text.
         loose = ["[._\\-]*".join(map(re.escape, f)) for f in self.keys]
-        self._precheck = re.compile("|".join([*loose, "://"]), re.IGNORECASE)
+        self._precheck = re.compile("|".join([*loose, "://", "bearer", "basic"]), re.IGNORECASE)
         self._is_secret: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(
             self._compute_is_secret
         )
@@ -108,6 +122,10 @@ class Redactor:
                 out += [text[last : m.start("pw")], REDACTED]
                 last, pos = m.end("pw"), m.end()
                 continue
+            if m.group("cred") is not None:
+                out += [text[last : m.start("cred")], REDACTED]
+                last = pos = m.end()
+                continue
             pos = m.end()
             key = m.group("key")
             if not self.is_secret_key(key):
@@ -117,16 +135,27 @@ class Redactor:
             ):
                 pos = scheme.end()
             value = _VALUE.match(text, pos)
+            if value is None and (brk := _LINE_BREAK.match(text, pos)) is not None:
+                pos = brk.end()  # ``password=`` at the end of a line: the value is below
+                value = _VALUE.match(text, pos)
             if value is None:
                 continue
             if value.group("q") is not None:
                 quote, close = value.group("q", "close")
                 out += [text[last:pos], quote, REDACTED, close or ""]
-            else:
-                raw = value.group("raw")
-                core = raw.rstrip("\"'\\")
-                out += [text[last:pos], REDACTED, raw[len(core) :]]
-            last = pos = value.end()
+                last = pos = value.end()
+                continue
+            end = value.end()
+            stop = _NEXT_PAIR.search(text, pos + 1, end)
+            if stop is not None:
+                end = stop.start()
+            opener = text[m.start() - 1] if m.start() else ""
+            if opener in ("'", '"') and (shut := text.find(opener, pos, end)) != -1:
+                end = shut  # ``msg="password=x y" rest``: the value ends with its string
+            raw = text[pos:end].rstrip()
+            core = raw.rstrip("\"'\\)}")
+            out += [text[last:pos], REDACTED, raw[len(core) :]]
+            last = pos = pos + len(raw)
         if not out:
             return text
         out.append(text[last:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import string
 import time
 from collections.abc import Iterator
@@ -125,10 +126,8 @@ def test_repr() -> None:
         ("password = abc", "password = [REDACTED]"),
         ("password: abc", "password: [REDACTED]"),
         ("password:abc", "password:[REDACTED]"),
-        (
-            "login failed: password=hunter2 for user bob",
-            "login failed: password=[REDACTED] for user bob",
-        ),
+        # An unquoted secret value runs to the end of its line (it may hold spaces).
+        ("login failed: password=hunter2 for user bob", "login failed: password=[REDACTED]"),
         ('{"password": "hunter2", "user": "bob"}', '{"password": "[REDACTED]", "user": "bob"}'),
         ("{'password': 'hunter2', 'user': 'bob'}", "{'password': '[REDACTED]', 'user': 'bob'}"),
         ('{"password": 12345, "n": 1}', '{"password": [REDACTED], "n": 1}'),
@@ -139,7 +138,7 @@ def test_repr() -> None:
         ("Authorization: Bearer xyz", "Authorization: Bearer [REDACTED]"),
         (
             "Authorization: Bearer eyJhbGc.eyJzdWIi.SflKx==, retrying",
-            "Authorization: Bearer [REDACTED], retrying",
+            "Authorization: Bearer [REDACTED]",
         ),
         ("authorization: basic dXNlcjpwYXNz", "authorization: basic [REDACTED]"),
         ("Authorization: Bearer", "Authorization: [REDACTED]"),
@@ -164,7 +163,8 @@ def test_repr() -> None:
         ("a=1; password=abc; b=2", "a=1; password=[REDACTED]; b=2"),
         ("f(password=abc)", "f(password=[REDACTED])"),
         ("{password=abc}", "{password=[REDACTED]}"),
-        ("password=abc\tnext", "password=[REDACTED]\tnext"),
+        ("password=abc\tnext", "password=[REDACTED]"),
+        ("password=abc\tnext=1", "password=[REDACTED]\tnext=1"),
         ("password=abc\nnext=1", "password=[REDACTED]\nnext=1"),
         ("API-KEY=abc", "API-KEY=[REDACTED]"),
         ("apiKey: abc", "apiKey: [REDACTED]"),
@@ -498,3 +498,65 @@ def test_property_redact_text_idempotent_arbitrary(text: str) -> None:
 def test_property_redact_mapping_idempotent(data: Any) -> None:
     once = R.redact_mapping(data)
     assert R.redact_mapping(once) == once
+
+
+# --------------------------------------------------------------------------- erring on hiding
+
+# Forms an adversarial trial found leaking: a secret key hides the whole rest of its
+# line (up to the next ``key=``-like pair), and any Bearer/Basic credential is hidden
+# even without a key in front of it.
+LEAKS = [
+    ("password is hunter2", "password is [REDACTED]"),
+    ("the password was hunter2", "the password was [REDACTED]"),
+    ("got Bearer eyJhbGciOi.x-y_z", "got Bearer [REDACTED]"),
+    ("retrying with basic dXNlcjpwYXNz now", "retrying with basic [REDACTED] now"),
+    ("password=\nhunter2\nnext", "password=\n[REDACTED]\nnext"),
+    ("password:\n   hunter2", "password:\n   [REDACTED]"),
+    ("password=pw X", "password=[REDACTED]"),
+    ("client_secret=a,X", "client_secret=[REDACTED]"),
+    ("password=pw X, user=bob", "password=[REDACTED], user=bob"),
+    ("token=a1 b2 c3\nstate=ok", "token=[REDACTED]\nstate=ok"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LEAKS)
+def test_secret_values_with_spaces_commas_and_newlines_are_hidden(text: str, expected: str) -> None:
+    assert R.redact_text(text) == expected
+
+
+# Values that hold spaces, commas, semicolons and other punctuation, in any of the
+# separators a person writes, possibly on the line after the key.
+loose_values = st.lists(
+    st.text(alphabet=VALUE_ALPHABET, min_size=1, max_size=8), min_size=1, max_size=4
+).flatmap(
+    lambda words: st.lists(
+        st.sampled_from([" ", ",", ", ", ";", "\t", " - "]),
+        min_size=len(words) - 1,
+        max_size=len(words) - 1,
+    ).map(lambda seps: "".join(w + s for w, s in zip(words, [*seps, ""], strict=True)))
+)
+LOOSE_FORMATS = [
+    "{k}={v}", "{k} = {v}", "{k}: {v}", "{k} is {v}", "{k} was {v}", "{k}=\n{v}",
+    "{k}:\n  {v}", "Bearer {v}", "bearer {v}",
+]  # fmt: skip
+line_text = st.text(alphabet=string.ascii_letters + " ,;.!?()", max_size=30)
+
+
+@settings(max_examples=400)
+@given(
+    prefix=line_text,
+    value=loose_values,
+    key=st.sampled_from(SECRET_KEY_SPELLINGS),
+    fmt=st.sampled_from(LOOSE_FORMATS),
+    after=st.sampled_from(["", "\nstate=ok", "\n"]),
+)
+def test_property_whole_secret_value_is_hidden(
+    prefix: str, value: str, key: str, fmt: str, after: str
+) -> None:
+    if fmt.startswith(("Bearer", "bearer")):
+        value = re.split(r"[ \t,;-]+", value)[0]  # a credential is one token
+    text = prefix + " " + fmt.format(k=key, v=value) + after
+    out = R.redact_text(text)
+    for piece in value.replace(",", " ").replace(";", " ").replace("-", " ").split():
+        assert piece not in out, (text, out)
+    assert R.redact_text(out) == out
