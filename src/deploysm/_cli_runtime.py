@@ -12,11 +12,13 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from ._cli import CliError, command
+from ._cli_keys import add_keys_arg, codec_from
 from ._config import StateMachineConfig
 from ._errors import StateMachineError
 from ._worker import Worker
 from .stores import open_store
 from .stores._runtime import RuntimeStore
+from .stores._sealed import SealingStore
 
 __all__ = ["load_app"]
 
@@ -28,6 +30,7 @@ def _db(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the store: a SQLite path, sqlite:///path or postgresql://... (default: $DEPLOYSM_DB)",
     )
+    add_keys_arg(p)
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -43,10 +46,11 @@ def _run(args: argparse.Namespace, body: Callable[[RuntimeStore], Coroutine[Any,
     """Open ``--db``, run ``body(store)``, close; store errors become one-line messages."""
     if not args.db:
         raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
+    codec = codec_from(args)
 
     async def go() -> int:
         try:
-            store: Any = open_store(args.db)
+            store: Any = open_store(args.db, codec=codec)
         except StateMachineError as e:
             raise CliError(str(e)) from None
         try:
@@ -174,6 +178,8 @@ def _worker(args: argparse.Namespace) -> int:
     workflows = load_app(args.app)
 
     async def body(store: RuntimeStore) -> int:
+        if isinstance(store, SealingStore):  # no keys for an encrypted store: stop now
+            await store._writable()
         worker = Worker(
             store,
             workflows,

@@ -22,11 +22,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
 
-import postgres_kind  # noqa: E402
+import postgres_kind
 
-import deploysm  # noqa: E402
-from deploysm import ErrorCode, StateMachineError, Worker  # noqa: E402
-from deploysm.stores import EncryptedCodec, SQLiteStore  # noqa: E402
+import deploysm
+from deploysm import ErrorCode, StateMachineError, Worker
+from deploysm.stores import EncryptedCodec, SQLiteStore
 
 pytest.importorskip("cryptography")
 

@@ -273,7 +273,9 @@ class PostgresStore(SealingStore, AsyncOpenClose):
                 version,
                 kind,
                 at.astimezone(UTC),
-                data if sealed is None else unseal(codec, machine_id, sealed, f"journal entry {seq}"),
+                data
+                if sealed is None
+                else unseal(codec, machine_id, sealed, f"journal entry {seq}"),
             )
             for seq, version, kind, at, data, sealed in rows
         ]

@@ -182,9 +182,7 @@ def journal_rows(records: Sequence[JournalRecord]) -> str:
 
 
 @cache
-def save_query(
-    insert: bool, journal: bool, consume: bool, sealed: bool = False
-) -> LiteralString:
+def save_query(insert: bool, journal: bool, consume: bool, sealed: bool = False) -> LiteralString:
     """The one statement of a save (see ``queries.sql``): the first save of a machine
     (``insert``) or a compare-and-set update, with journal records (``sealed``: through
     the codec) or inbox deliveries when it has them."""

@@ -240,9 +240,7 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
                 for r in journal
             ]
         else:
-            rows = [
-                (mid, snapshot.version, r.kind, utc_text(r.at), _json(r.data)) for r in journal
-            ]
+            rows = [(mid, snapshot.version, r.kind, utc_text(r.at), _json(r.data)) for r in journal]
         values = (
             mid,
             workflow,

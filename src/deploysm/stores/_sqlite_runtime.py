@@ -309,9 +309,7 @@ class SQLiteRuntime:
         if self._seals:
             extra = {k: v for k, v in fields.items() if k != "type"}
             sealed = seal(self.codec, machine_id, extra)
-        added: bool = await self.run_write(
-            lambda c: _send(c, machine_id, event_id, fields, sealed)
-        )
+        added: bool = await self.run_write(lambda c: _send(c, machine_id, event_id, fields, sealed))
         if added:
             self._wakeups.notify()
         return added
