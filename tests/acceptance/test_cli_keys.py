@@ -134,7 +134,7 @@ def test_a_bad_keyring_is_a_usage_error_that_does_not_echo_it(tmp_path: Path, ke
     assert not (tmp_path / "k.db").exists()
 
 
-@pytest.mark.parametrize("verb", ["worker", "start", "send", "cancel", "show"])
+@pytest.mark.parametrize("verb", ["worker", "start", "send", "cancel", "show", "prune"])
 def test_help_says_where_the_keys_come_from(verb: str) -> None:
     done = cli(verb, "--help", db="unused.db")
     assert done.returncode == 0 and "DEPLOYSM_KEYS" in done.stdout

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -56,6 +56,7 @@ from ._postgres_sql import (
     save_query,
     utc,
 )
+from ._prune import PruneCounts, check_age
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
 from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
@@ -434,6 +435,14 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         except StateMachineError:
             return None
         return None if row is None or row[0] is None else float(row[0])
+
+    async def prune(self, older_than: timedelta) -> PruneCounts:
+        """Remove old journal entries of finished machines and old delivered events, in
+        one statement, by the database clock (see ``_prune``)."""
+        params = {"older": check_age(older_than)}
+        row = await self._fetchone("prune", params, "pruning")
+        assert row is not None
+        return PruneCounts(int(row[0]), int(row[1]))
 
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         if status is None:

@@ -33,7 +33,7 @@ import os
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._prune import PruneCounts, cutoff, prune_sqlite
 from ._runtime import lease_lost
 from ._sealed import MARK, MARKED, SealingStore, seal, seals, unseal
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
@@ -308,6 +309,12 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             MachineInfo(mid, wf, did, st, state, v, datetime.fromisoformat(at))
             for mid, wf, did, st, state, v, at in rows
         ]
+
+    async def prune(self, older_than: timedelta) -> PruneCounts:
+        """Remove old journal entries of finished machines and old delivered events, in
+        one write (see ``_prune``)."""
+        before = utc_text(cutoff(older_than))
+        return await self.run_write(lambda c: prune_sqlite(c, before))
 
     def _decode_snapshot(self, machine_id: str, blob: Any) -> SerializableState:
         return _decode(self.codec, machine_id, blob)

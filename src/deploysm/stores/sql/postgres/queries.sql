@@ -195,3 +195,17 @@ SELECT 1 FROM deploysm_meta WHERE name = 'codec' AND value = 'sealed';
 
 -- name: mark
 INSERT INTO deploysm_meta (name, value) VALUES ('codec', 'sealed') ON CONFLICT DO NOTHING;
+
+-- name: prune
+-- Retention (see stores/_prune.py): journal entries of finished machines and delivered
+-- events, older than %(older)s; never an undelivered event or a live machine's journal.
+WITH journal_gone AS (
+    DELETE FROM journal
+     WHERE at < now() - %(older)s::interval
+       AND machine_id IN (SELECT id FROM machines
+                           WHERE status IN ('completed', 'failed', 'cancelled'))
+    RETURNING 1
+), inbox_gone AS (
+    DELETE FROM inbox WHERE delivered_at < now() - %(older)s::interval RETURNING 1
+)
+SELECT (SELECT count(*) FROM journal_gone), (SELECT count(*) FROM inbox_gone);
