@@ -13,12 +13,15 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
 
@@ -77,6 +80,13 @@ class SQLiteKind:
             Path(p).read_bytes() for p in sorted(glob.glob(f"{self.path}*")) if Path(p).is_file()
         )
 
+    async def unmigrate(self) -> None:
+        """Back to the schema before the mark (as an older version left it)."""
+        with sqlite3.connect(self.path) as raw:
+            raw.execute("DROP TABLE deploysm_meta")
+            raw.execute("DELETE FROM deploysm_schema WHERE version >= 3")
+        raw.close()
+
     async def cleanup(self) -> None:
         return None
 
@@ -113,6 +123,20 @@ class PostgresKind:
         )
         assert b"COPY" in done.stdout  # the dump has the rows
         return done.stdout
+
+    async def unmigrate(self) -> None:
+        """Back to the schema before the mark (as an older version left it)."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "SET search_path TO {};"
+                    " ALTER TABLE machines DROP COLUMN sealed_context;"
+                    " ALTER TABLE inbox DROP COLUMN sealed;"
+                    " ALTER TABLE journal DROP COLUMN sealed, ALTER COLUMN data SET NOT NULL;"
+                    " DROP TABLE deploysm_meta;"
+                    " DELETE FROM deploysm_schema WHERE version >= 2"
+                ).format(sql.Identifier(self.schema))
+            )
 
     async def cleanup(self) -> None:
         await postgres_kind.drop_schema(self.dsn, self.schema)
@@ -202,3 +226,26 @@ async def test_rows_written_in_clear_before_stay_readable(kind: Any) -> None:
         assert ev is not None and ev.event.payload == {"n": 1}
         (claim,) = await store.claim("t", limit=1, lease_ms=60_000)
         assert claim.context == {"token": "t"}
+
+
+async def test_a_store_encrypted_before_the_mark_is_marked_by_its_migration(kind: Any) -> None:
+    """A store written by a version without the mark (encrypted snapshots; contexts,
+    payloads and journals in clear) is marked by the migration, and its rows read."""
+    async with kind.make(None) as plain:
+        await plain.start("flow", "m1", {"token": "t"})
+        await plain.send("m1", {"type": "GO", "payload": {"n": 1}}, event_id="e1")
+    async with kind.make(CODEC) as store:
+        snap = await deploysm.create_state_machine(_flow(), {"k": 1}, machine_id="m2").serialize()
+        await store.save(snap, expected_version=None)
+    await kind.unmigrate()
+    async with kind.make(None) as plain:
+        with pytest.raises(StateMachineError) as info:
+            await plain.start("flow", "m3", {})
+        assert info.value.code == ErrorCode.KEYS_REQUIRED
+    async with kind.make(CODEC) as store:
+        loaded = await store.load("m2")
+        assert loaded is not None and loaded.context == {"k": 1}
+        ev = await store.next_event("m1")
+        assert ev is not None and ev.event.payload == {"n": 1}
+        (claim,) = await store.claim("t", limit=1, lease_ms=60_000)
+        assert (claim.machine_id, claim.context) == ("m1", {"token": "t"})
