@@ -290,12 +290,13 @@ class SQLiteRuntime:
         """Create a machine for a worker to run (no snapshot until its first run; ``load``
         returns ``None`` until then). An existing id is ``CONFLICT``."""
         try:
-            data: str | bytes = _dumps(jsonable(context))
+            value = jsonable(context)
+            data: str | bytes = _dumps(value)
         except TypeError as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
         await self._writable()
         if self._seals:
-            data = seal(self.codec, machine_id, {"context": json.loads(data)})
+            data = seal(self.codec, machine_id, {"context": value})
         await self.run_write(lambda c: _start(c, workflow, machine_id, data))
         self._wakeups.notify()
 
