@@ -168,14 +168,19 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start a new deployment even if the last one is unfinished (it is cancelled)",
     )
+    from ._cli_keys import add_keys_arg
+
+    add_keys_arg(p)
 
 
 @command("demo", DEMO_HELP, _configure_demo)
 def _demo(args: argparse.Namespace) -> int:
+    from ._cli_keys import codec_from
     from ._demo import DEFAULT_DB, DemoOptions, DemoSetupError, run_demo
     from ._errors import StateMachineError
 
     options = DemoOptions(
+        codec=codec_from(args),
         speed=args.speed,
         seed=args.seed,
         fail_health=args.fail_health,

@@ -1,4 +1,5 @@
-"""CLI subcommands of the runtime: ``migrate``, ``start``, ``send``, ``cancel``, ``worker``."""
+"""CLI subcommands of the runtime: ``migrate``, ``start``, ``send``, ``cancel``, ``prune``,
+``worker``."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from typing import Any
 
 from ._cli import CliError, command
+from ._cli_keys import add_keys_arg, codec_from
 from ._config import StateMachineConfig
+from ._duration import describe_duration, parse_duration
 from ._errors import StateMachineError
 from ._worker import Worker
 from .stores import open_store
 from .stores._runtime import RuntimeStore
+from .stores._sealed import SealingStore
 
 __all__ = ["load_app"]
 
@@ -28,6 +33,7 @@ def _db(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the store: a SQLite path, sqlite:///path or postgresql://... (default: $DEPLOYSM_DB)",
     )
+    add_keys_arg(p)
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -43,10 +49,11 @@ def _run(args: argparse.Namespace, body: Callable[[RuntimeStore], Coroutine[Any,
     """Open ``--db``, run ``body(store)``, close; store errors become one-line messages."""
     if not args.db:
         raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
+    codec = codec_from(args)
 
     async def go() -> int:
         try:
-            store: Any = open_store(args.db)
+            store: Any = open_store(args.db, codec=codec)
         except StateMachineError as e:
             raise CliError(str(e)) from None
         try:
@@ -132,6 +139,57 @@ def _cancel(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+# -- prune
+
+
+def _age(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except StateMachineError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+
+
+def _configure_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--older-than",
+        required=True,
+        type=_age,
+        metavar="AGE",
+        help="what is older than AGE goes: 30d, 12h, 90m or 45s",
+    )
+    _db(p)
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+@command(
+    "prune",
+    "remove old journal entries of finished machines and old delivered events "
+    "(never an undelivered event, nor a live machine's journal; see docs/runtime.md)",
+    _configure_prune,
+)
+def _prune(args: argparse.Namespace) -> int:
+    async def body(store: RuntimeStore) -> int:
+        prune = getattr(store, "prune", None)
+        if prune is None:
+            raise CliError(f"{type(store).__name__} cannot prune", exit_code=1)
+        counts = await prune(args.older_than)
+        if args.json:
+            print(json.dumps({"journal": counts.journal, "inbox": counts.inbox}))
+            return 0
+        age = describe_duration(args.older_than)
+        print(
+            f"pruned {_plural(counts.journal, 'journal entry', 'journal entries')} of finished "
+            f"machines and {_plural(counts.inbox, 'delivered event')} older than {age}"
+        )
+        return 0
+
+    return _run(args, body)
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 # -- worker
 
 
@@ -174,6 +232,8 @@ def _worker(args: argparse.Namespace) -> int:
     workflows = load_app(args.app)
 
     async def body(store: RuntimeStore) -> int:
+        if isinstance(store, SealingStore):  # no keys for an encrypted store: stop now
+            await store._writable()
         worker = Worker(
             store,
             workflows,

@@ -20,16 +20,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._cli import CliError, _one_line, command
+from ._cli_keys import KEYS_ENV, add_keys_arg, codec_from
 from ._config import StateMachineConfig, coerce_config
 from ._engine import create_state_machine
 from ._errors import ErrorCode, StateMachineError
 from ._snapshot import STATUSES, SerializableState
-from .stores import Codec, JournalEntry, MachineInfo, SQLiteStore, Store, open_store
+from .stores import JournalEntry, MachineInfo, SQLiteStore, Store, open_store
 
 __all__ = ["summarize"]
 
 _ACTIONS = ("retry", "mark_succeeded", "mark_failed")
-_KEYS_ENV = "DEPLOYSM_KEYS"
 
 
 def _store_args(p: argparse.ArgumentParser, *, machine: bool = True, json_: bool = True) -> None:
@@ -42,26 +42,9 @@ def _store_args(p: argparse.ArgumentParser, *, machine: bool = True, json_: bool
         help="the store: a SQLite file path, sqlite:///rel.db, sqlite:////abs.db, "
         "postgresql://... (default: $DEPLOYSM_DB)",
     )
-    p.add_argument(
-        "--keys-env",
-        metavar="VAR",
-        help=f"decrypt snapshots with the keys in environment variable VAR "
-        f"('id:base64key,...'; default: ${_KEYS_ENV} when it is set)",
-    )
+    add_keys_arg(p)
     if json_:
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
-
-
-def _codec(args: argparse.Namespace) -> Codec | None:
-    var = args.keys_env or (_KEYS_ENV if os.environ.get(_KEYS_ENV, "").strip() else None)
-    if var is None:
-        return None
-    from .stores import EncryptedCodec
-
-    try:
-        return EncryptedCodec.from_env(var)
-    except (ValueError, ImportError) as e:
-        raise CliError(f"--keys-env {var}: {e}") from None
 
 
 def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any, Any, int]]) -> int:
@@ -69,7 +52,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any,
     or the engine after that are one line each, exit 1."""
     if not args.db:
         raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
-    codec = _codec(args)
+    codec = codec_from(args)
     try:
         store = open_store(args.db, codec=codec)
     except (StateMachineError, ValueError) as e:
@@ -91,7 +74,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any,
             except StateMachineError as e:
                 hint = ""
                 if e.code == ErrorCode.INVALID_SNAPSHOT and codec is None:
-                    hint = f" (an encrypted store? pass --keys-env VAR or set {_KEYS_ENV})"
+                    hint = f" (an encrypted store? pass --keys-env VAR or set {KEYS_ENV})"
                 raise CliError(f"{e}{hint}", exit_code=1) from None
         finally:
             await store.close()

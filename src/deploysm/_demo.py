@@ -45,7 +45,7 @@ from .examples.blue_green import (
     new_blue_green_context,
     run_blue_green,
 )
-from .stores import MachineInfo, Store, open_store
+from .stores import Codec, MachineInfo, Store, open_store
 
 __all__ = [
     "DEFAULT_DB",
@@ -99,6 +99,7 @@ class DemoOptions:
     fail_health: bool = False
     db: str = DEFAULT_DB
     fresh: bool = False
+    codec: Codec | None = None  # e.g. EncryptedCodec: what the store is opened with
 
 
 _STYLES = {"state": "1;32", "retry": "33", "error": "1;31", "time": "2", "rollback": "35"}
@@ -262,7 +263,7 @@ async def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
     if not logger.handlers:  # the hooks print; no "last resort" copies on stderr
         logger.addHandler(logging.NullHandler())
     try:
-        store = open_store(options.db)
+        store = open_store(options.db, codec=options.codec)
         await store.open()
     except (StateMachineError, ValueError, OSError) as e:
         raise DemoSetupError(f"cannot open --db {options.db}: {e}") from None

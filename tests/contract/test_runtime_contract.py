@@ -441,6 +441,47 @@ async def test_wait_for_work_times_out(rt: Any) -> None:
     assert time.perf_counter() - t0 < 1.0
 
 
+# ------------------------------------------------------------------------ prune
+
+
+async def test_prune_keeps_live_journals_undelivered_events_and_recent_ids(
+    rt: Any, make_snapshot: MakeSnapshot
+) -> None:
+    done = await make_snapshot("done", version=1, status="completed")
+    await rt.save(done, expected_version=None, workflow="wf", journal=[rec("a"), rec("b")])
+    live = await make_snapshot("live", version=1)
+    await rt.save(live, expected_version=None, workflow="wf", journal=[rec("intent")])
+    assert await rt.send("live", "START", event_id="e1") is True
+    assert await rt.send("live", "NEXT", event_id="e2") is True
+    first = await rt.next_event("live")
+    assert first is not None and first.event_id == "e1"
+    token = await claim_one(rt, "live")
+    snap = await make_snapshot("live", version=2)
+    await rt.save(snap, expected_version=1, token=token, consumed=[first.seq])
+
+    counts = await rt.prune(timedelta(days=1))  # the journal records are from 2024
+    assert (counts.journal, counts.inbox) == (2, 0)
+    assert await rt.journal("done") == []
+    assert [e.kind for e in await rt.journal("live")] == ["intent"]  # live: all kept
+    assert await rt.send("live", "START", event_id="e1") is False  # kept: de-duplicated
+
+    counts = await rt.prune(timedelta(0))
+    assert (counts.journal, counts.inbox) == (0, 1)
+    left = await rt.next_event("live")
+    assert left is not None and left.event_id == "e2"  # never an undelivered event
+    assert [e.kind for e in await rt.journal("live")] == ["intent"]
+    assert await rt.send("live", "START", event_id="e1") is True  # its id is forgotten
+    assert [i.machine_id for i in await rt.list()] == ["done", "live"]
+    assert await rt.prune(timedelta(days=36500)) == type(counts)(0, 0)
+
+
+@pytest.mark.parametrize("older_than", [timedelta(seconds=-1), 30, "30d", None])
+async def test_prune_refuses_what_is_not_an_age(rt: Any, older_than: Any) -> None:
+    with pytest.raises(StateMachineError) as info:
+        await rt.prune(older_than)
+    assert info.value.code == ErrorCode.INVALID_DURATION
+
+
 # ------------------------------------------------------------------------ helpers
 
 

@@ -20,6 +20,7 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._prune import FINISHED, PruneCounts, cutoff
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
 
 __all__ = ["MemoryStore"]
@@ -59,7 +60,7 @@ class _Row:
         self.busy = False
         self.cancel = False
         self.inbox: list[tuple[int, str, dict[str, Any], datetime]] = []
-        self.seen: set[str] = set()
+        self.seen: dict[str, datetime | None] = {}  # event id -> delivered at (None: not yet)
         self.lease_owner: str | None = None
         self.lease_until: datetime | None = None
         self.token = 0
@@ -147,7 +148,10 @@ class MemoryStore(AsyncOpenClose):
                 row = self._rows[mid] = _Row(workflow)
             row.take(snapshot, blob, workflow)
             if consumed:
-                gone = set(consumed)
+                gone, now = set(consumed), _now()
+                for m in row.inbox:
+                    if m[0] in gone:
+                        row.seen[m[1]] = now
                 row.inbox = [m for m in row.inbox if m[0] not in gone]
             for rec in journal:
                 self._seq += 1
@@ -187,7 +191,7 @@ class MemoryStore(AsyncOpenClose):
                     ErrorCode.NOT_ACTIVE,
                 )
             self._seq += 1
-            row.seen.add(event_id)
+            row.seen[event_id] = None
             row.inbox.append((self._seq, event_id, fields, _now()))
         self._notify()
         return True
@@ -272,6 +276,27 @@ class MemoryStore(AsyncOpenClose):
             pass
         finally:
             self._waiters.discard(waiter)
+
+    async def prune(self, older_than: timedelta) -> PruneCounts:
+        """Remove old journal entries of finished machines and old delivered events
+        (see ``_prune``)."""
+        before = cutoff(older_than)
+        async with self._lock:
+            done = {mid for mid, r in self._rows.items() if r.status in FINISHED}
+            kept = [
+                e
+                for e in self._journal
+                if e.machine_id not in done
+                or (e.at if e.at.tzinfo else e.at.replace(tzinfo=UTC)) >= before
+            ]
+            journal, self._journal = len(self._journal) - len(kept), kept
+            inbox = 0
+            for row in self._rows.values():
+                old = [eid for eid, at in row.seen.items() if at is not None and at < before]
+                for eid in old:
+                    del row.seen[eid]
+                inbox += len(old)
+        return PruneCounts(journal, inbox)
 
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         return [

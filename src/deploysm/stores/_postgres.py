@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -56,7 +56,9 @@ from ._postgres_sql import (
     save_query,
     utc,
 )
+from ._prune import PruneCounts, check_age
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
 
 __all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
@@ -66,7 +68,7 @@ logger = logging.getLogger("deploysm.stores.postgres")
 Conn = psycopg.AsyncConnection[Any]
 
 
-class PostgresStore(AsyncOpenClose):
+class PostgresStore(SealingStore, AsyncOpenClose):
     """A ``Store`` and ``RuntimeStore`` in PostgreSQL, in ``schema`` (created if needed).
 
     ``async with PostgresStore(dsn) as store:`` connects and migrates; a store used
@@ -97,6 +99,8 @@ class PostgresStore(AsyncOpenClose):
         self.dsn = dsn
         self.schema = schema
         self.codec: Codec = codec if codec is not None else JSONCodec()
+        self._seals = seals(self.codec)
+        self._marked = False  # deploysm_meta says the schema holds encrypted rows
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = float(connect_timeout)
@@ -132,6 +136,11 @@ class PostgresStore(AsyncOpenClose):
                 await pool.close()
                 raise db_error(e, self.dsn, "opening the connection pool") from e
             self._pool = pool
+            self._marked = await self._fetchone("marked", None, "opening") is not None
+
+    async def _write_mark(self) -> None:
+        async with self._conn("marking the schema as encrypted") as conn:
+            await conn.execute(self._q["mark"])
 
     async def close(self) -> None:
         """Stop listening and close every connection. Idempotent; a later call reopens."""
@@ -213,6 +222,7 @@ class PostgresStore(AsyncOpenClose):
         given; checked before the version, so a fenced-out writer learns why) write
         nothing."""
         mid = snapshot.machine_id
+        sealed = self._seals and bool(journal)
         params = {
             "id": mid,
             "workflow": workflow,
@@ -224,10 +234,16 @@ class PostgresStore(AsyncOpenClose):
             "busy": snapshot.in_flight is not None,
             "expected": expected_version,
             "token": token,
-            "journal": journal_rows(journal) if journal else None,
+            "journal": journal_rows(journal) if journal and not sealed else None,
             "seqs": list(consumed),
         }
-        query = save_query(expected_version is None, bool(journal), bool(consumed))
+        if sealed:
+            params["kinds"] = [r.kind for r in journal]
+            params["ats"] = [utc(r.at) for r in journal]
+            params["sealed"] = [seal(self.codec, mid, r.data) for r in journal]
+        if self._seals is not self._marked or self._pool is None:
+            await self._writable()
+        query = save_query(expected_version is None, bool(journal), bool(consumed), sealed)
         async with self._conn(f"saving {mid!r}") as conn:
             # one statement, so one round trip and its own transaction (autocommit)
             cur = await conn.execute(query, params, prepare=True)
@@ -250,19 +266,38 @@ class PostgresStore(AsyncOpenClose):
         rows = await self._fetchall(
             "journal", {"id": machine_id, "after": after}, f"reading the journal of {machine_id!r}"
         )
+        codec = self.codec
         return [
-            JournalEntry(seq, machine_id, version, kind, at.astimezone(UTC), data)
-            for seq, version, kind, at, data in rows
+            JournalEntry(
+                seq,
+                machine_id,
+                version,
+                kind,
+                at.astimezone(UTC),
+                data
+                if sealed is None
+                else unseal(codec, machine_id, sealed, f"journal entry {seq}"),
+            )
+            for seq, version, kind, at, data, sealed in rows
         ]
 
     # ---------------------------------------------------------------- runtime
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
         try:
-            text = json.dumps(jsonable(context), separators=(",", ":"), allow_nan=False)
+            data = jsonable(context)
+            text = json.dumps(data, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
-        params = {"id": machine_id, "workflow": workflow, "context": text, "channel": CHANNEL}
+        await self._writable()
+        sealed = seal(self.codec, machine_id, {"context": data}) if self._seals else None
+        params = {
+            "id": machine_id,
+            "workflow": workflow,
+            "context": None if sealed else text,
+            "sealed": sealed,
+            "channel": CHANNEL,
+        }
         async with self._conn(f"starting {machine_id!r}") as conn:
             cur = await conn.execute(self._q["start"], params)
             if cur.rowcount == 1:
@@ -273,6 +308,7 @@ class PostgresStore(AsyncOpenClose):
 
     async def send(self, machine_id: str, event: Any, event_id: str | None = None) -> bool:
         event_id, fields = event_fields(event, event_id)
+        await self._writable()
         payload = fields.get("payload")
         text = None if payload is None else json.dumps(payload, separators=(",", ":"))
         params = {
@@ -281,8 +317,13 @@ class PostgresStore(AsyncOpenClose):
             "type": fields["type"],
             "payload": text,
             "correlation_id": fields.get("correlation_id"),
+            "sealed": None,
             "channel": CHANNEL,
         }
+        if self._seals:  # the payload and the correlation id, through the codec
+            extra = {k: v for k, v in fields.items() if k != "type"}
+            params.update(payload=None, correlation_id=None)
+            params["sealed"] = seal(self.codec, machine_id, extra)
         row = await self._fetchone("send", params, f"sending an event to {machine_id!r}")
         if row is None:
             raise unknown_machine(machine_id)
@@ -325,9 +366,11 @@ class PostgresStore(AsyncOpenClose):
         }
         rows = await self._fetchall("claim", params, "claiming machines")
         out: list[Claim] = []
-        for mid, workflow, token, blob, context, cancel in sorted(rows):
+        for mid, workflow, token, blob, context, cancel, sealed in sorted(rows):
             try:
                 snap = None if blob is None else _decode(self.codec, mid, blob)
+                if sealed is not None:
+                    context = unseal(self.codec, mid, sealed, "the start context").get("context")
             except StateMachineError as e:
                 logger.error("claimed machine %s cannot be run: %s", mid, e)
                 continue
@@ -363,8 +406,10 @@ class PostgresStore(AsyncOpenClose):
         )
         if row is None:
             return None
-        seq, event_id, type_, payload, correlation_id, at = row
+        seq, event_id, type_, payload, correlation_id, at, sealed = row
         fields = {"type": type_, "payload": payload, "correlation_id": correlation_id}
+        if sealed is not None:
+            fields.update(unseal(self.codec, machine_id, sealed, f"event {event_id!r}"))
         return inbox_event(seq, event_id, fields, at.astimezone(UTC))
 
     async def cancel_requested(self, machine_id: str) -> bool:
@@ -390,6 +435,14 @@ class PostgresStore(AsyncOpenClose):
         except StateMachineError:
             return None
         return None if row is None or row[0] is None else float(row[0])
+
+    async def prune(self, older_than: timedelta) -> PruneCounts:
+        """Remove old journal entries of finished machines and old delivered events, in
+        one statement, by the database clock (see ``_prune``)."""
+        params = {"older": check_age(older_than)}
+        row = await self._fetchone("prune", params, "pruning")
+        assert row is not None
+        return PruneCounts(int(row[0]), int(row[1]))
 
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         if status is None:

@@ -182,14 +182,14 @@ def journal_rows(records: Sequence[JournalRecord]) -> str:
 
 
 @cache
-def save_query(insert: bool, journal: bool, consume: bool) -> LiteralString:
+def save_query(insert: bool, journal: bool, consume: bool, sealed: bool = False) -> LiteralString:
     """The one statement of a save (see ``queries.sql``): the first save of a machine
-    (``insert``) or a compare-and-set update, with journal records or inbox deliveries
-    when it has them."""
+    (``insert``) or a compare-and-set update, with journal records (``sealed``: through
+    the codec) or inbox deliveries when it has them."""
     q = queries()
     query = q["save_insert"] if insert else q["save_update"]
     if journal:
-        query += "\n" + q["save_journal"]
+        query += "\n" + q["save_journal_sealed" if sealed else "save_journal"]
     if consume:
         query += "\n" + q["save_consume"]
     return query + "\n" + q["save_result"]

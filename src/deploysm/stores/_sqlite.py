@@ -33,7 +33,7 @@ import os
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,9 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._prune import PruneCounts, cutoff, prune_sqlite
 from ._runtime import lease_lost
+from ._sealed import MARK, MARKED, SealingStore, seal, seals, unseal
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
 
@@ -77,7 +79,7 @@ _DELIVER = (
 _LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
 
 
-class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
+class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
     """A ``Store`` in one SQLite file. ``async with SQLiteStore(path) as store:`` opens
     and closes it; a store that is used before ``open()`` (or after ``close()``)
     opens itself. ``":memory:"`` is refused: the writer thread owns its connection,
@@ -108,6 +110,8 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
             raise ValueError("busy_timeout_ms must be >= 0")
         self.path = Path(text)
         self.codec: Codec = codec if codec is not None else JSONCodec()
+        self._seals = seals(self.codec)
+        self._marked = False  # deploysm_meta says the store holds encrypted rows
         self.synchronous = sync
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: Writer | None = None
@@ -145,6 +149,7 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
         finally:
             self._opening = None
         self._writer, self._reader = writer, reader
+        self._marked = reader.execute(MARKED).fetchone() is not None
         self._finalizer = weakref.finalize(self, _abandon, writer, reader)
         opening.set_result(None)
 
@@ -229,6 +234,14 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
         seqs are marked delivered in the same transaction."""
         mid = snapshot.machine_id
         blob = encode_snapshot(self.codec, snapshot)
+        rows: list[tuple[Any, ...]]
+        if self._seals:
+            rows = [
+                (mid, snapshot.version, r.kind, utc_text(r.at), seal(self.codec, mid, r.data))
+                for r in journal
+            ]
+        else:
+            rows = [(mid, snapshot.version, r.kind, utc_text(r.at), _json(r.data)) for r in journal]
         values = (
             mid,
             workflow,
@@ -240,9 +253,8 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
             utc_text(),
             int(snapshot.in_flight is not None),
         )
-        rows = [
-            (mid, snapshot.version, rec.kind, utc_text(rec.at), _json(rec.data)) for rec in journal
-        ]
+        if self._seals is not self._marked or self._writer is None:
+            await self._writable()
         writer, _ = await self._ready()
         await writer.submit(_SaveOp(values, expected_version, rows, token, consumed))
 
@@ -268,8 +280,18 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
             ).fetchall()
         except sqlite3.Error as e:
             raise store_error(e) from e
+        codec = self.codec
         return [
-            JournalEntry(seq, machine_id, v, kind, datetime.fromisoformat(at), json.loads(data))
+            JournalEntry(
+                seq,
+                machine_id,
+                v,
+                kind,
+                datetime.fromisoformat(at),
+                json.loads(data)
+                if isinstance(data, str)
+                else unseal(codec, machine_id, data, f"journal entry {seq}"),
+            )
             for seq, v, kind, at, data in rows
         ]
 
@@ -288,8 +310,17 @@ class SQLiteStore(SQLiteRuntime, AsyncOpenClose):
             for mid, wf, did, st, state, v, at in rows
         ]
 
+    async def prune(self, older_than: timedelta) -> PruneCounts:
+        """Remove old journal entries of finished machines and old delivered events, in
+        one write (see ``_prune``)."""
+        before = utc_text(cutoff(older_than))
+        return await self.run_write(lambda c: prune_sqlite(c, before))
+
     def _decode_snapshot(self, machine_id: str, blob: Any) -> SerializableState:
         return _decode(self.codec, machine_id, blob)
+
+    async def _write_mark(self) -> None:
+        await self.run_write(lambda c: c.execute(MARK))
 
 
 class _SaveOp:

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
-from ._base import conflict
+from ._base import Codec, conflict
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._sealed import seal, unseal
 from ._sqlite_writer import utc_text
 
 __all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "now_us", "to_us"]
@@ -118,13 +119,19 @@ def _dumps(value: Any) -> str:
 # ------------------------------------------------------------ on the writer thread
 
 
-def _start(conn: sqlite3.Connection, workflow: str, mid: str, context: str) -> None:
+def _start(conn: sqlite3.Connection, workflow: str, mid: str, context: str | bytes) -> None:
     if conn.execute(_START, (mid, workflow, utc_text(), context)).rowcount != 1:
         (found,) = conn.execute("SELECT version FROM machines WHERE id = ?", (mid,)).fetchone()
         raise conflict(mid, None, found)
 
 
-def _send(conn: sqlite3.Connection, mid: str, event_id: str, fields: dict[str, Any]) -> bool:
+def _send(
+    conn: sqlite3.Connection,
+    mid: str,
+    event_id: str,
+    fields: dict[str, Any],
+    sealed: bytes | None = None,
+) -> bool:
     row = conn.execute("SELECT status FROM machines WHERE id = ?", (mid,)).fetchone()
     if row is None:
         raise unknown_machine(mid)
@@ -135,8 +142,12 @@ def _send(conn: sqlite3.Connection, mid: str, event_id: str, fields: dict[str, A
         raise StateMachineError(
             f"machine {mid!r} is {row[0]}; it takes no more events", ErrorCode.NOT_ACTIVE
         )
-    payload = _dumps(fields["payload"]) if "payload" in fields else None
-    values = (mid, event_id, fields["type"], payload, fields.get("correlation_id"), utc_text())
+    values: tuple[Any, ...]
+    if sealed is not None:  # the payload and the correlation id, through the codec
+        values = (mid, event_id, fields["type"], sealed, None, utc_text())
+    else:
+        payload = _dumps(fields["payload"]) if "payload" in fields else None
+        values = (mid, event_id, fields["type"], payload, fields.get("correlation_id"), utc_text())
     conn.execute(_SEND, values)
     return True
 
@@ -157,6 +168,7 @@ def _candidates(conn: sqlite3.Connection, now: int, limit: int, workflows: str |
 def _claim(
     conn: sqlite3.Connection,
     decode: Callable[[str, Any], SerializableState],
+    context_of: Callable[[str, Any], Any],
     worker_id: str,
     limit: int,
     lease_ms: int,
@@ -170,7 +182,7 @@ def _claim(
         # Decoded here so that a bad snapshot fails the whole claim with nothing taken.
         snap = None if blob is None else decode(mid, blob)
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
-        ctx = None if context is None else json.loads(context)
+        ctx = None if context is None else context_of(mid, context)
         out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel)))
     return out
 
@@ -189,13 +201,15 @@ def _renew(
 # ------------------------------------------------------------ reads (inline)
 
 
-def _next_event(conn: sqlite3.Connection, mid: str) -> InboxEvent | None:
+def _next_event(conn: sqlite3.Connection, mid: str, codec: Codec) -> InboxEvent | None:
     row = conn.execute(_NEXT_EVENT, (mid,)).fetchone()
     if row is None:
         return None
     seq, event_id, type_, payload, correlation_id, at = row
     fields: dict[str, Any] = {"type": type_}
-    if payload is not None:
+    if isinstance(payload, bytes):
+        fields.update(unseal(codec, mid, payload, f"event {event_id!r}"))
+    elif payload is not None:
         fields["payload"] = json.loads(payload)
     if correlation_id is not None:
         fields["correlation_id"] = correlation_id
@@ -257,20 +271,32 @@ class SQLiteRuntime:
     _wakeups: Wakeups
     _claiming: str | None = None  # the workflows of this store's last claim, as JSON
     _claimed_at: int | None = None  # the reader's data_version right after that claim
+    codec: Codec
+    _seals: bool
 
     if TYPE_CHECKING:
 
         def _decode_snapshot(self, machine_id: str, blob: Any) -> SerializableState: ...
         async def run_write(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
         async def run_read(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _writable(self) -> None: ...
+
+    def _start_context(self, machine_id: str, stored: Any) -> Any:
+        if isinstance(stored, bytes):
+            return unseal(self.codec, machine_id, stored, "the start context").get("context")
+        return json.loads(stored)
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
         """Create a machine for a worker to run (no snapshot until its first run; ``load``
         returns ``None`` until then). An existing id is ``CONFLICT``."""
         try:
-            data = _dumps(jsonable(context))
+            value = jsonable(context)
+            data: str | bytes = _dumps(value)
         except TypeError as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        await self._writable()
+        if self._seals:
+            data = seal(self.codec, machine_id, {"context": value})
         await self.run_write(lambda c: _start(c, workflow, machine_id, data))
         self._wakeups.notify()
 
@@ -279,7 +305,12 @@ class SQLiteRuntime:
         this machine before (even if delivered since). Unknown machine:
         ``UNKNOWN_MACHINE``; a finished one: ``NOT_ACTIVE``."""
         event_id, fields = event_fields(event, event_id)
-        added: bool = await self.run_write(lambda c: _send(c, machine_id, event_id, fields))
+        await self._writable()
+        sealed = None
+        if self._seals:
+            extra = {k: v for k, v in fields.items() if k != "type"}
+            sealed = seal(self.codec, machine_id, extra)
+        added: bool = await self.run_write(lambda c: _send(c, machine_id, event_id, fields, sealed))
         if added:
             self._wakeups.notify()
         return added
@@ -306,8 +337,10 @@ class SQLiteRuntime:
         if limit <= 0 or wfs == "[]":
             self._claimed_at = await self.run_read(_data_version)
             return []
-        decode = self._decode_snapshot
-        out = await self.run_write(lambda c: _claim(c, decode, worker_id, limit, lease_ms, wfs))
+        decode, ctx = self._decode_snapshot, self._start_context
+        out = await self.run_write(
+            lambda c: _claim(c, decode, ctx, worker_id, limit, lease_ms, wfs)
+        )
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
         return out
@@ -330,7 +363,7 @@ class SQLiteRuntime:
 
     async def next_event(self, machine_id: str) -> InboxEvent | None:
         """The oldest undelivered event of the machine (``None``: none, or no machine)."""
-        return await self.run_read(lambda c: _next_event(c, machine_id))
+        return await self.run_read(lambda c: _next_event(c, machine_id, self.codec))
 
     async def cancel_requested(self, machine_id: str) -> bool:
         """Whether ``request_cancel`` was called for the machine."""

@@ -41,6 +41,17 @@ WITH saved AS (
      ORDER BY r.n
 )
 
+-- name: save_journal_sealed
+-- The same through the store's codec (not plain JSON): kinds, times and the codec's
+-- bytes of each record's data, as three arrays in order.
+, journaled AS (
+    INSERT INTO journal (machine_id, version, kind, at, sealed)
+    SELECT saved.id, %(version)s::bigint, r.kind, r.at, r.sealed
+      FROM saved, unnest(%(kinds)s::text[], %(ats)s::timestamptz[], %(sealed)s::bytea[])
+                  WITH ORDINALITY AS r (kind, at, sealed, n)
+     ORDER BY r.n
+)
+
 -- name: save_consume
 , consumed AS (
     UPDATE inbox SET delivered_at = now()
@@ -67,7 +78,7 @@ SELECT version, fencing_token,
 SELECT snapshot FROM machines WHERE id = %(id)s;
 
 -- name: journal
-SELECT seq, version, kind, at, data FROM journal
+SELECT seq, version, kind, at, data, sealed FROM journal
  WHERE machine_id = %(id)s AND seq > %(after)s
  ORDER BY seq;
 
@@ -81,8 +92,8 @@ SELECT id, workflow, definition_id, status, state, version, updated_at
 
 -- name: start
 WITH added AS (
-    INSERT INTO machines (id, workflow, start_context)
-    VALUES (%(id)s, %(workflow)s, %(context)s::json)
+    INSERT INTO machines (id, workflow, start_context, sealed_context)
+    VALUES (%(id)s, %(workflow)s, %(context)s::json, %(sealed)s::bytea)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
@@ -94,8 +105,9 @@ SELECT pg_notify(%(channel)s, id) IS NULL FROM added;
 WITH m AS (
     SELECT id, status FROM machines WHERE id = %(id)s FOR SHARE
 ), added AS (
-    INSERT INTO inbox (machine_id, event_id, type, payload, correlation_id)
-    SELECT id, %(event_id)s, %(type)s, %(payload)s::json, %(correlation_id)s FROM m
+    INSERT INTO inbox (machine_id, event_id, type, payload, correlation_id, sealed)
+    SELECT id, %(event_id)s, %(type)s, %(payload)s::json, %(correlation_id)s,
+           %(sealed)s::bytea FROM m
      WHERE status NOT IN ('completed', 'failed', 'cancelled')
     ON CONFLICT (machine_id, event_id) DO NOTHING
     RETURNING machine_id
@@ -141,7 +153,7 @@ UPDATE machines m
   FROM picked
  WHERE m.id = picked.id
 RETURNING m.id, coalesce(m.workflow, m.definition_id), m.fencing_token, m.snapshot,
-          m.start_context, m.cancel_requested;
+          m.start_context, m.cancel_requested, m.sealed_context;
 
 -- name: renew
 UPDATE machines m
@@ -165,7 +177,7 @@ WITH freed AS (
 SELECT CASE WHEN wake THEN pg_notify(%(channel)s, id) IS NULL END FROM freed;
 
 -- name: next_event
-SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox
+SELECT seq, event_id, type, payload, correlation_id, created_at, sealed FROM inbox
  WHERE machine_id = %(id)s AND delivered_at IS NULL
  ORDER BY seq LIMIT 1;
 
@@ -176,3 +188,24 @@ SELECT cancel_requested FROM machines WHERE id = %(id)s;
 -- Seconds until the earliest future timer of an active machine (NULL: none).
 SELECT extract(epoch FROM min(wake_at) - now())::float8 FROM machines
  WHERE status = 'active' AND wake_at > now();
+
+-- name: marked
+-- Whether the schema holds rows through a codec other than plain JSON (see _sealed).
+SELECT 1 FROM deploysm_meta WHERE name = 'codec' AND value = 'sealed';
+
+-- name: mark
+INSERT INTO deploysm_meta (name, value) VALUES ('codec', 'sealed') ON CONFLICT DO NOTHING;
+
+-- name: prune
+-- Retention (see stores/_prune.py): journal entries of finished machines and delivered
+-- events, older than %(older)s; never an undelivered event or a live machine's journal.
+WITH journal_gone AS (
+    DELETE FROM journal
+     WHERE at < now() - %(older)s::interval
+       AND machine_id IN (SELECT id FROM machines
+                           WHERE status IN ('completed', 'failed', 'cancelled'))
+    RETURNING 1
+), inbox_gone AS (
+    DELETE FROM inbox WHERE delivered_at < now() - %(older)s::interval RETURNING 1
+)
+SELECT (SELECT count(*) FROM journal_gone), (SELECT count(*) FROM inbox_gone);
