@@ -56,6 +56,7 @@ from ._postgres_sql import (
     save_query,
     utc,
 )
+from ._rows import journal_entry
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
 from ._sqlite import _decode
 
@@ -182,6 +183,9 @@ class PostgresStore(AsyncOpenClose):
                 yield conn
         except psycopg.Error as e:
             raise db_error(e, self.dsn, doing) from e
+        except UnicodeEncodeError as e:  # a lone surrogate: no database text can hold it
+            msg = f"text that is not valid UTF-8 cannot be stored or looked up ({doing}): {e}"
+            raise StateMachineError(msg, ErrorCode.INVALID_TEXT) from e
 
     async def _fetchone(self, name: str, params: Any, doing: str) -> tuple[Any, ...] | None:
         async with self._conn(doing) as conn:
@@ -250,10 +254,7 @@ class PostgresStore(AsyncOpenClose):
         rows = await self._fetchall(
             "journal", {"id": machine_id, "after": after}, f"reading the journal of {machine_id!r}"
         )
-        return [
-            JournalEntry(seq, machine_id, version, kind, at.astimezone(UTC), data)
-            for seq, version, kind, at, data in rows
-        ]
+        return [journal_entry(machine_id, *row) for row in rows]
 
     # ---------------------------------------------------------------- runtime
 
