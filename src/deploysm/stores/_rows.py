@@ -66,6 +66,14 @@ def _object(row: str, column: str, value: Any) -> dict[str, Any]:
 def journal_entry(
     machine_id: str, seq: Any, version: Any, kind: Any, at: Any, data: Any
 ) -> JournalEntry:
+    if type(seq) is int and type(version) is int and type(kind) is str and type(at) is str:
+        try:  # the usual row, checked at the cost of the type tests above
+            when, value = datetime.fromisoformat(at), json.loads(data)
+        except (ValueError, TypeError, RecursionError):
+            pass
+        else:
+            if type(value) is dict and when.tzinfo is UTC and seq >= 0 and version >= 0:
+                return JournalEntry(seq, machine_id, version, kind, when, value)
     row = f"journal entry {_shown(seq)} of machine {machine_id!r}"
     return JournalEntry(
         _int(row, "seq", seq),
@@ -80,6 +88,23 @@ def journal_entry(
 def machine_info(
     mid: Any, workflow: Any, definition_id: Any, status: Any, state: Any, version: Any, at: Any
 ) -> MachineInfo:
+    if (
+        type(mid) is str
+        and (workflow is None or type(workflow) is str)
+        and type(definition_id) is str
+        and type(status) is str
+        and type(state) is str
+        and type(version) is int
+        and type(at) is str
+        and version >= 0
+    ):
+        try:  # the usual row, checked at the cost of the type tests above
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is UTC:
+                return MachineInfo(mid, workflow, definition_id, status, state, version, when)
     row = f"the machines row of {_shown(mid)}"
     return MachineInfo(
         _text(row, "id", mid),
