@@ -22,9 +22,11 @@ from typing import Any
 
 from . import __version__
 from ._config import StateMachineConfig, coerce_config
+from ._errors import StateMachineError
+from ._printable import printable
 from ._validation import validate
 
-__all__ = ["CliError", "main"]
+__all__ = ["CliError", "main", "say"]
 
 EXAMPLE_TARGET = "deploysm.examples.blue_green:blue_green_config"
 
@@ -104,6 +106,13 @@ def load_config(target: str) -> StateMachineConfig[Any, Any, Any] | Mapping[str,
             "zero-argument factory returning one"
         )
     return obj
+
+
+def say(*lines: str, flush: bool = False) -> None:
+    """Print each of ``lines`` as one line of human output: whatever a line holds (ids,
+    names, messages from the store) is shown with its control characters escaped."""
+    for line in lines:
+        print(printable(line), flush=flush)
 
 
 def _one_line(error: BaseException) -> str:
@@ -236,7 +245,7 @@ def _graph(args: argparse.Namespace) -> int:
         if args.state not in states:
             raise CliError(f"--state {args.state!r} is not one of: {', '.join(states)}")
     render = to_dot if args.format == "dot" else to_mermaid
-    sys.stdout.write(render(config, current_state=args.state))
+    say(*render(config, current_state=args.state).removesuffix("\n").split("\n"))
     return 0
 
 
@@ -255,16 +264,14 @@ def _configure_validate(p: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.target)
     report = validate(config)
-    for error in report.errors:
-        print(f"error: {error}")
-    for warning in report.warnings:
-        print(f"warning: {warning}")
+    say(*(f"error: {error}" for error in report.errors))
+    say(*(f"warning: {warning}" for warning in report.warnings))
     if not report.ok:
-        print(f"{args.target}: invalid ({len(report.errors)} error(s))")
+        say(f"{args.target}: invalid ({len(report.errors)} error(s))")
         return 1
     cfg, _ = coerce_config(config)
     assert cfg is not None
-    print(
+    say(
         f"{args.target}: ok ({cfg.id!r}: {len(cfg.states)} states, {len(cfg.events)} events, "
         f"{len(cfg.transitions)} transitions, {len(report.warnings)} warning(s))"
     )
@@ -302,8 +309,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd.run(args)
     except CliError as e:
-        print(f"deploysm {cmd.name}: error: {e}", file=sys.stderr)
+        _error(cmd.name, str(e))
         return e.exit_code
+    except StateMachineError as e:
+        _error(cmd.name, f"{e.code}: {e}")
+        return 1
     except KeyboardInterrupt:
         print(f"deploysm {cmd.name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug; still one line rather than a traceback
+        _error(cmd.name, f"unexpected {_one_line(e)} (a bug in deploysm: please report it)")
+        return 1
+
+
+def _error(command: str, message: str) -> None:
+    """The one line an error gets on stderr; the message's control characters escaped."""
+    print(f"deploysm {command}: error: {printable(message)}", file=sys.stderr)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from datetime import timedelta
 from typing import Any
 
-from ._cli import CliError, command
+from ._cli import CliError, command, say
 from ._cli_keys import add_keys_arg, codec_from
 from ._config import StateMachineConfig
 from ._duration import describe_duration, parse_duration
@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace, body: Callable[[RuntimeStore], Coroutine[Any,
 @command("migrate", "create or upgrade the store's schema (idempotent)", _db)
 def _migrate(args: argparse.Namespace) -> int:
     async def body(store: RuntimeStore) -> int:
-        print(f"store {args.db} is up to date")
+        say(f"store {args.db} is up to date")
         return 0
 
     return _run(args, body)
@@ -95,7 +95,7 @@ def _start(args: argparse.Namespace) -> int:
 
     async def body(store: RuntimeStore) -> int:
         await store.start(args.workflow, args.machine_id, context)
-        print(f"started {args.machine_id} ({args.workflow})")
+        say(f"started {args.machine_id} ({args.workflow})")
         return 0
 
     return _run(args, body)
@@ -118,7 +118,7 @@ def _send(args: argparse.Namespace) -> int:
         if payload is not None:
             event["payload"] = payload
         added = await store.send(args.machine_id, event, event_id=args.event_id)
-        print(f"sent {args.event} to {args.machine_id}" if added else "already sent; ignored")
+        say(f"sent {args.event} to {args.machine_id}" if added else "already sent; ignored")
         return 0
 
     return _run(args, body)
@@ -133,7 +133,7 @@ def _configure_cancel(p: argparse.ArgumentParser) -> None:
 def _cancel(args: argparse.Namespace) -> int:
     async def body(store: RuntimeStore) -> int:
         await store.request_cancel(args.machine_id)
-        print(f"cancel requested for {args.machine_id}")
+        say(f"cancel requested for {args.machine_id}")
         return 0
 
     return _run(args, body)
@@ -177,7 +177,7 @@ def _prune(args: argparse.Namespace) -> int:
             print(json.dumps({"journal": counts.journal, "inbox": counts.inbox}))
             return 0
         age = describe_duration(args.older_than)
-        print(
+        say(
             f"pruned {_plural(counts.journal, 'journal entry', 'journal entries')} of finished "
             f"machines and {_plural(counts.inbox, 'delivered event')} older than {age}"
         )
@@ -242,13 +242,13 @@ def _worker(args: argparse.Namespace) -> int:
             lease_ms=args.lease_ms,
             poll_ms=args.poll_ms,
         )
-        print(
+        say(
             f"worker {worker.worker_id} serving {', '.join(sorted(workflows))} "
             f"from {args.db} (concurrency {args.concurrency})",
             flush=True,
         )
         await worker.run()
-        print(f"worker {worker.worker_id} stopped after {worker.processed} runs", flush=True)
+        say(f"worker {worker.worker_id} stopped after {worker.processed} runs", flush=True)
         return 0
 
     return _run(args, body)

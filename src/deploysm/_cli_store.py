@@ -12,18 +12,18 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
-import json
 import logging
 import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ._cli import CliError, _one_line, command
+from ._cli import CliError, _one_line, command, say
 from ._cli_keys import KEYS_ENV, add_keys_arg, codec_from
 from ._config import StateMachineConfig, coerce_config
 from ._engine import create_state_machine
 from ._errors import ErrorCode, StateMachineError
+from ._printable import json_text, printable
 from ._snapshot import STATUSES, SerializableState
 from .stores import JournalEntry, MachineInfo, SQLiteStore, Store, open_store
 
@@ -75,7 +75,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any,
                 hint = ""
                 if e.code == ErrorCode.INVALID_SNAPSHOT and codec is None:
                     hint = f" (an encrypted store? pass --keys-env VAR or set {KEYS_ENV})"
-                raise CliError(f"{e}{hint}", exit_code=1) from None
+                raise CliError(f"{e.code}: {e}{hint}", exit_code=1) from None
         finally:
             await store.close()
 
@@ -83,7 +83,10 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any,
 
 
 def _not_found(args: argparse.Namespace) -> CliError:
-    return CliError(f"machine {args.machine_id!r} not found in {args.db}", exit_code=1)
+    return CliError(
+        f"{ErrorCode.UNKNOWN_MACHINE}: machine {args.machine_id!r} not found in {args.db}",
+        exit_code=1,
+    )
 
 
 async def _info(store: Store, machine_id: str) -> MachineInfo | None:
@@ -95,6 +98,7 @@ def _time(at: datetime) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows]
@@ -102,8 +106,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+_dumps = json_text
 
 
 # -- ls
@@ -124,7 +127,7 @@ def _ls(args: argparse.Namespace) -> int:
             )
             return 0
         if not infos:
-            print("no machines" + (f" with status {args.status}" if args.status else ""))
+            say("no machines" + (f" with status {args.status}" if args.status else ""))
             return 0
         rows = [
             (i.machine_id, _workflow(i), i.status, i.state, str(i.version), _time(i.updated_at))
@@ -164,16 +167,17 @@ def _show(args: argparse.Namespace) -> int:
             print(_dumps(out))
         elif snap is None:
             assert info is not None
-            print(f"machine      {info.machine_id}\nworkflow     {_workflow(info)}")
-            print(f"status       {info.status} (started; it has not run yet)")
+            say(f"machine      {info.machine_id}", f"workflow     {_workflow(info)}")
+            say(f"status       {info.status} (started; it has not run yet)")
         else:
-            print(_describe(snap, info))
+            say(*_describe(snap, info))
         return 0
 
     return _with_store(args, body)
 
 
-def _describe(snap: SerializableState, info: MachineInfo | None) -> str:
+def _describe(snap: SerializableState, info: MachineInfo | None) -> list[str]:
+    """The lines of ``show``, one string each (``say`` escapes what they hold)."""
     s = snap.current_state
     lines = [
         f"machine      {snap.machine_id}",
@@ -205,8 +209,8 @@ def _describe(snap: SerializableState, info: MachineInfo | None) -> str:
         for c in snap.committed_effects
     )
     lines.append("context")
-    lines.extend(f"  {line}" for line in _dumps(snap.context).splitlines())
-    return "\n".join(lines)
+    lines.extend(f"  {line}" for line in _dumps(snap.context).split("\n"))
+    return lines
 
 
 # -- history
@@ -223,7 +227,7 @@ def _history(args: argparse.Namespace) -> int:
             rows = [(e.seq, e.version, e.kind, _iso(e.at), e.data) for e in entries]
             print(_dumps([dict(zip(keys, row, strict=True)) for row in rows]))
             return 0
-        print(f"{args.machine_id}: {len(entries)} journal entries (times in UTC)")
+        say(f"{args.machine_id}: {len(entries)} journal entries (times in UTC)")
         lines = [(_time(e.at), str(e.version), e.kind, summarize(e)) for e in entries]
         if lines:
             print(_table(("TIME", "V", "KIND", "WHAT HAPPENED"), lines))
@@ -352,11 +356,11 @@ def _resolve(args: argparse.Namespace) -> int:
         now = f"now {sm.status} in {sm.get_state().name} (version {sm.version})"
         done = {"retry": "ran again and committed", "mark_succeeded": "committed without running"}
         if result is None or result.success or args.action == "mark_failed":
-            print(f"{head}: {step} {done.get(args.action, 'recorded as failed')}; {now}")
+            say(f"{head}: {step} {done.get(args.action, 'recorded as failed')}; {now}")
             return 0
         error = _one_line(result.error) if result.error else "unknown error"
         again = " again" if args.action == "retry" else ""
-        print(f"{head}: {step} failed{again}: {error}; {now}")
+        say(f"{head}: {step} failed{again}: {error}; {now}")
         return 1
 
     return _with_store(args, body)

@@ -172,11 +172,10 @@ def coerce_config(raw: Any) -> tuple[StateMachineConfig[Any, Any, Any] | None, l
 
     effects = values.get("effects")
     if effects is not None and not isinstance(effects, Mapping):
-        try:
-            effects = dict(effects)
-        except (TypeError, ValueError):
-            problems.append("effects must be a mapping of state name to effect")
-            effects = None
+        problems.append(
+            f"effects must be a mapping of state name to effect, not {type(effects).__name__}"
+        )
+        effects = None
     values["effects"] = effects
     return StateMachineConfig(**values), problems
 

@@ -13,6 +13,10 @@ __all__ = ["JitterMode", "RetryPolicy", "default_retry_policy"]
 
 JitterMode = Literal["proportional", "full", "equal", "decorrelated"]
 JITTER_MODES: tuple[str, ...] = ("proportional", "full", "equal", "decorrelated")
+# The sane bounds a config is held to (see docs/semantics.md): attempts per
+# transition, and any delay or timeout in milliseconds (one year of 365 days).
+MAX_ATTEMPTS = 1000
+MAX_DELAY_MS = 365 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,17 @@ class RetryPolicy:
             out.append(f"retry_policy.max_attempts must be an int, got {self.max_attempts!r}")
         elif self.max_attempts < 1:
             out.append(f"retry_policy.max_attempts must be >= 1, got {self.max_attempts}")
+        elif self.max_attempts > MAX_ATTEMPTS:
+            out.append(
+                f"retry_policy.max_attempts must be <= {MAX_ATTEMPTS}, got {self.max_attempts}"
+            )
         for name in ("initial_delay_ms", "max_delay_ms"):
             v = getattr(self, name)
-            if not is_finite_number(v) or v < 0:
-                out.append(f"retry_policy.{name} must be a finite number >= 0, got {v!r}")
+            if not is_finite_number(v) or not 0 <= v <= MAX_DELAY_MS:
+                out.append(
+                    f"retry_policy.{name} must be a finite number >= 0 and <= {MAX_DELAY_MS} "
+                    f"(a year), got {v!r}"
+                )
         m = self.backoff_multiplier
         if not is_finite_number(m) or m < 1:
             out.append(f"retry_policy.backoff_multiplier must be a finite number >= 1, got {m!r}")

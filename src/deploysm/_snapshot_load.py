@@ -21,6 +21,7 @@ from ._types import Event, State, StateMachineMetrics, StateMetrics
 __all__ = ["load"]
 
 _invalid = invalid
+MAX_INT = 2**63 - 1  # the stores keep the version in a signed 64-bit column
 
 
 class _Reader:
@@ -51,8 +52,8 @@ class _Reader:
         v = self._get(key, optional)
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise _invalid(f"{self.path}.{key} must be an integer >= {minimum}")
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= MAX_INT:
+            raise _invalid(f"{self.path}.{key} must be an integer >= {minimum} and < 2^63")
         return v
 
     def number(self, key: str, optional: bool = False) -> Any:

@@ -16,7 +16,7 @@ from ._config import (
     transitions_of,
 )
 from ._effects import Effect
-from ._retry import is_finite_number
+from ._retry import MAX_DELAY_MS, is_finite_number
 
 __all__ = ["ValidationReport", "validate"]
 
@@ -71,8 +71,7 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
     for name, eff in (cfg.effects or {}).items():
         if not _known(name, states):
             errors.append(f"effects names unknown state {name!r}")
-        if not isinstance(eff, Effect):
-            errors.append(f"effects[{name!r}] must be a built effect (effect()...build())")
+        _check_effect(f"effects[{name!r}]", eff, errors)
     if cfg.retry_policy is not None and not isinstance(cfg.retry_policy, Mapping):
         errors.extend(cfg.retry_policy.problems())
     _check_timeouts(cfg, events, errors)
@@ -139,8 +138,23 @@ def _check_transition(
         errors.append(f"{where} names unknown event {t.event!r}")
     if t.guard is not None and not callable(t.guard):
         errors.append(f"{where} guard must be callable")
-    if t.effect is not None and not isinstance(t.effect, Effect):
-        errors.append(f"{where} effect must be a built effect (effect()...build())")
+    if t.effect is not None:
+        _check_effect(f"{where}.effect", t.effect, errors)
+
+
+def _check_effect(where: str, eff: Any, errors: list[str]) -> None:
+    """An effect the engine can run: built, its functions callable."""
+    if not isinstance(eff, Effect):
+        errors.append(f"{where} must be a built effect (effect()...build())")
+        return
+    for name in ("execute", "rollback", "reconcile"):
+        fn = getattr(eff, name)
+        if (fn is not None or name == "execute") and not callable(fn):
+            errors.append(f"{where}.{name} must be callable, got {type(fn).__name__}")
+    if not isinstance(eff.idempotent, bool):
+        errors.append(f"{where}.idempotent must be True or False, got {eff.idempotent!r}")
+    if eff.name is not None and not isinstance(eff.name, str):
+        errors.append(f"{where}.name must be a string, got {type(eff.name).__name__}")
 
 
 def _check_timeouts(
@@ -153,8 +167,11 @@ def _check_timeouts(
         v = getattr(tc, name)
         if v is None:
             continue
-        if not is_finite_number(v) or v <= 0:
-            errors.append(f"timeout.{name} must be a finite number > 0, got {v!r}")
+        if not is_finite_number(v) or not 0 < v <= MAX_DELAY_MS:
+            errors.append(
+                f"timeout.{name} must be a finite number > 0 and <= {MAX_DELAY_MS} (a year), "
+                f"got {v!r}"
+            )
     if tc.timeout_event is not None and not _known(tc.timeout_event, events):
         errors.append(f"timeout.timeout_event names unknown event {tc.timeout_event!r}")
 

@@ -518,3 +518,28 @@ async def test_two_workers_run_machines_to_completion(dsn: str, schema: str) -> 
             assert kinds == ["started", "committed", "committed", "committed", "completed"]
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_journal_data_that_is_not_an_object_is_corrupt_row(dsn: str, schema: str) -> None:
+    async with PostgresStore(dsn, schema=schema) as store:
+        record = JournalRecord("k", T0, {"a": 1})
+        await store.save(await snapshot("m", 1), expected_version=None, journal=[record])
+        await fetch(
+            dsn, sql.SQL("UPDATE {}.journal SET data = '[1, 2]'").format(sql.Identifier(schema))
+        )
+        with pytest.raises(StateMachineError) as info:
+            await store.journal("m")
+        assert info.value.code == ErrorCode.CORRUPT_ROW and "data" in str(info.value)
+
+
+async def test_text_that_is_not_utf8_is_invalid_text(dsn: str, schema: str) -> None:
+    async with PostgresStore(dsn, schema=schema) as store:
+        for call in (
+            lambda: store.load("m\udc80"),
+            lambda: store.journal("m\udc80"),
+            lambda: store.start("deploy", "m\udc80", {}),
+        ):
+            with pytest.raises(StateMachineError) as info:
+                await call()
+            assert info.value.code == ErrorCode.INVALID_TEXT, info.value
+        assert await store.list() == []

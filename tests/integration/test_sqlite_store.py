@@ -468,3 +468,88 @@ def test_packaged_migrations_are_numbered_in_order() -> None:
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     assert all(m.statements for m in found)
     assert all(all(";" in st for st in m.statements) for m in found)
+
+
+# -- rows edited by hand, text that is not UTF-8, integers beyond 64 bits
+
+
+@pytest.mark.parametrize(
+    ("sql", "column"),
+    [
+        ("UPDATE journal SET data = '{oops'", "data"),
+        ("UPDATE journal SET data = '[1]'", "data"),
+        ("UPDATE journal SET at = 'later'", "at"),
+        ("UPDATE journal SET version = 'v'", "version"),
+        ("UPDATE machines SET updated_at = 'never'", "updated_at"),
+        ("UPDATE machines SET version = -3", "version"),
+        ("UPDATE machines SET state = CAST(X'61FF' AS TEXT)", "state"),
+    ],
+)
+async def test_a_corrupt_row_is_corrupt_row(tmp_path: Path, sql: str, column: str) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        at = datetime(2025, 1, 1, tzinfo=UTC)
+        record = JournalRecord("note", at, {"n": 1})
+        await store.save(await snapshot("m"), expected_version=None, journal=[record])
+    with raw(path) as conn:
+        conn.execute(sql)
+    async with SQLiteStore(path) as store:
+        with pytest.raises(StateMachineError) as info:
+            await (store.journal("m") if "journal" in sql else store.list())
+        assert info.value.code == ErrorCode.CORRUPT_ROW
+        assert column in str(info.value)
+        assert (await store.load("m")) is not None  # the snapshot itself is fine
+
+
+async def test_a_naive_journal_time_is_taken_as_utc(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store:
+        record = JournalRecord("k", datetime(2025, 1, 1, tzinfo=UTC), {})
+        await store.save(await snapshot("m"), expected_version=None, journal=[record])
+    with raw(path) as conn:
+        conn.execute("UPDATE journal SET at = '2025-02-03 04:05:06'")
+    async with SQLiteStore(path) as store:
+        (entry,) = await store.journal("m")
+    assert entry.at == datetime(2025, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
+async def test_text_that_is_not_utf8_is_invalid_text(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        await store.start("flow", "m", {})
+        for call in (
+            lambda: store.load("m\udc80"),
+            lambda: store.journal("m\udc80"),
+            lambda: store.list("active\udc80"),
+            lambda: store.start("flow", "m\udc80", {}),
+            lambda: store.send("m", "GO", event_id="e\udc80"),
+        ):
+            with pytest.raises(StateMachineError) as info:
+                await call()
+            assert info.value.code == ErrorCode.INVALID_TEXT, info.value
+        assert [i.machine_id for i in await store.list()] == ["m"]
+
+
+async def test_a_version_of_2_to_the_63_is_refused_not_overflowed(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        await store.save(await snapshot("m", 2**63 - 1), expected_version=None)
+        with pytest.raises(StateMachineError) as info:
+            await store.save(await snapshot("m", 2**63), expected_version=2**63 - 1)
+        assert info.value.code == ErrorCode.INVALID_SNAPSHOT
+        stored = await store.load("m")
+        assert stored is not None and stored.version == 2**63 - 1
+
+
+@pytest.mark.parametrize("where", ["/proc/nowhere/s.db", "/proc/s.db"])
+async def test_a_file_that_cannot_be_made_is_a_persistence_error(where: str) -> None:
+    with pytest.raises(StateMachineError) as info:
+        await SQLiteStore(where).open()
+    assert info.value.code == ErrorCode.PERSISTENCE_ERROR
+    assert where in str(info.value)
+
+
+async def test_a_parent_that_is_a_file_is_a_persistence_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StateMachineError) as info:
+        await SQLiteStore(tmp_path / "file" / "s.db").open()
+    assert info.value.code == ErrorCode.PERSISTENCE_ERROR
+    assert isinstance(info.value.__cause__, OSError)

@@ -384,6 +384,11 @@ CONFIG_REPROS: dict[str, dict[str, Any]] = {
     "retry-huge-int": {"retry_policy": {"initial_delay_ms": 10**400}},
     "redact_keys-not-iterable": {"redact_keys": 5},
     "redact_keys-not-strings": {"redact_keys": [1]},
+    "effects-list-of-pairs": {"effects": [["b", IDEMPOTENT_EFFECT]]},
+    "effect-execute-not-callable": {"effects": {"b": deploysm.Effect(execute=123)}},
+    "retry-max-attempts-huge": {"retry_policy": {"max_attempts": 10**18}},
+    "retry-delay-huge-float": {"retry_policy": {"max_delay_ms": 1e300}},
+    "timeout-huge-float": {"timeout": {"state_timeout_ms": 1e300}},
 }
 
 

@@ -231,6 +231,8 @@ BAD: dict[str, Callable[[dict[str, Any]], Any]] = {
     "data-not-object": _set("current_state.data", [1]),
     "history-not-list": _set("history", {"0": 1}),
     "bool-counter": _set("metrics.total_attempts", True),
+    "version-2-to-the-63": _set("version", 2**63),
+    "state-version-2-to-the-64": _set("current_state.version", 2**64),
     "tampered-fingerprint": _set("fingerprint", "0" * 32),
     "other-definition-id": _set("definition_id", "some-other-workflow"),
     "committed-effect-unknown-transition": _set("committed_effects.0.transition_index", 99),
@@ -267,7 +269,10 @@ async def test_bad_snapshot_is_rejected_and_changes_nothing(make_config: Any, ca
     await _assert_rejected_and_untouched(target, BAD[case](copy.deepcopy(good)))
 
 
-@pytest.mark.parametrize("case", ["empty-object", "no-context", "schema-version-2", "bool-counter"])
+@pytest.mark.parametrize(
+    "case",
+    ["empty-object", "no-context", "schema-version-2", "bool-counter", "version-2-to-the-63"],
+)
 async def test_from_dict_rejects_bad_snapshots_with_a_typed_error(
     make_config: Any, case: str
 ) -> None:
@@ -318,3 +323,10 @@ async def test_dataclass_context_with_unknown_fields_is_rejected(make_config: An
     bad = (await source.serialize()).to_dict()
     bad["context"]["injected"] = "x"
     await _assert_rejected_and_untouched(target, bad)
+
+
+async def test_the_largest_version_a_store_can_hold_loads(make_config: Any) -> None:
+    source, _ = await _machine_with_progress(make_config)
+    doc = (await source.serialize()).to_dict()
+    doc["version"] = 2**63 - 1
+    assert SerializableState.from_dict(doc).version == 2**63 - 1

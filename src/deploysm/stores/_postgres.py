@@ -57,6 +57,7 @@ from ._postgres_sql import (
     utc,
 )
 from ._prune import PruneCounts, check_age
+from ._rows import journal_entry
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
 from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
@@ -191,6 +192,9 @@ class PostgresStore(SealingStore, AsyncOpenClose):
                 yield conn
         except psycopg.Error as e:
             raise db_error(e, self.dsn, doing) from e
+        except UnicodeEncodeError as e:  # a lone surrogate: no database text can hold it
+            msg = f"text that is not valid UTF-8 cannot be stored or looked up ({doing}): {e}"
+            raise StateMachineError(msg, ErrorCode.INVALID_TEXT) from e
 
     async def _fetchone(self, name: str, params: Any, doing: str) -> tuple[Any, ...] | None:
         async with self._conn(doing) as conn:
@@ -268,12 +272,12 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         )
         codec = self.codec
         return [
-            JournalEntry(
-                seq,
+            journal_entry(
                 machine_id,
+                seq,
                 version,
                 kind,
-                at.astimezone(UTC),
+                at,
                 data
                 if sealed is None
                 else unseal(codec, machine_id, sealed, f"journal entry {seq}"),

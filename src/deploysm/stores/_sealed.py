@@ -21,7 +21,7 @@ from typing import Any
 from .._errors import ErrorCode, StateMachineError
 from ._base import TEXT_CODECS, Codec, JSONCodec
 
-__all__ = ["MARK", "MARKED", "SealingStore", "keys_required", "seal", "seals", "unseal"]
+__all__ = ["MARK", "MARKED", "SealingStore", "keys_required", "seal", "sealed", "seals", "unseal"]
 
 _ENVELOPE = b"DSM1"
 # The marker row, and the query that finds it.
@@ -32,6 +32,12 @@ MARKED = "SELECT 1 FROM deploysm_meta WHERE name = 'codec' AND value = 'sealed'"
 def seals(codec: Codec) -> bool:
     """Whether ``codec`` stores user data as bytes of its own (anything but plain JSON)."""
     return type(codec) is not JSONCodec
+
+
+def sealed(codec: Codec, value: Any) -> bool:
+    """Whether a stored ``value`` is what ``seal`` wrote (bytes of the codec, or of an
+    encrypted store read without its keys) rather than plain JSON."""
+    return isinstance(value, bytes) and (seals(codec) or value.startswith(_ENVELOPE))
 
 
 def seal(codec: Codec, machine_id: str, doc: Mapping[str, Any]) -> bytes:

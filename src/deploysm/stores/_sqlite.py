@@ -33,7 +33,7 @@ import os
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,8 +50,9 @@ from ._base import (
     encode_snapshot,
 )
 from ._prune import PruneCounts, cutoff, prune_sqlite
+from ._rows import journal_entry, machine_info
 from ._runtime import lease_lost
-from ._sealed import MARK, MARKED, SealingStore, seal, seals, unseal
+from ._sealed import MARK, MARKED, SealingStore, seal, sealed, seals, unseal
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
 
@@ -142,10 +143,12 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             )
             reader = await writer.start()
         except BaseException as e:
-            err = e if isinstance(e, Exception) else StateMachineError("open() was interrupted")
+            err = _open_error(self.path, e)
             opening.set_exception(err)
             opening.exception()  # whoever waits gets it; nobody else needs to
-            raise
+            if err is e or not isinstance(e, Exception):
+                raise
+            raise err  # noqa: B904 (its cause is set: the SQLite or OS error)
         finally:
             self._opening = None
         self._writer, self._reader = writer, reader
@@ -207,7 +210,7 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         _, reader = await self._ready()
         try:
             return op(reader)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
 
     # ------------------------------------------------------------------- Store
@@ -264,7 +267,7 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             row = reader.execute(
                 "SELECT snapshot FROM machines WHERE id = ?", (machine_id,)
             ).fetchone()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
         if row is None or row[0] is None:  # started, never run: no snapshot yet
             return None
@@ -278,19 +281,19 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
                 " WHERE machine_id = ? AND seq > ? ORDER BY seq",
                 (machine_id, after),
             ).fetchall()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
         codec = self.codec
         return [
-            JournalEntry(
-                seq,
+            journal_entry(
                 machine_id,
+                seq,
                 v,
                 kind,
-                datetime.fromisoformat(at),
-                json.loads(data)
-                if isinstance(data, str)
-                else unseal(codec, machine_id, data, f"journal entry {seq}"),
+                at,
+                unseal(codec, machine_id, data, f"journal entry {seq}")
+                if sealed(codec, data)
+                else data,
             )
             for seq, v, kind, at, data in rows
         ]
@@ -303,12 +306,9 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             else:
                 cur = reader.execute(_LIST + " WHERE status = ? ORDER BY id", (status,))
             rows = cur.fetchall()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
-        return [
-            MachineInfo(mid, wf, did, st, state, v, datetime.fromisoformat(at))
-            for mid, wf, did, st, state, v, at in rows
-        ]
+        return [machine_info(*row) for row in rows]
 
     async def prune(self, older_than: timedelta) -> PruneCounts:
         """Remove old journal entries of finished machines and old delivered events, in
@@ -404,6 +404,23 @@ def _invalid(machine_id: str, why: str) -> StateMachineError:
     return StateMachineError(
         f"stored snapshot of {machine_id!r} is invalid: {why}", ErrorCode.INVALID_SNAPSHOT
     )
+
+
+def _open_error(path: Path, e: BaseException) -> Exception:
+    """What ``open()`` raises: a folder or file that cannot be made or opened is
+    ``PERSISTENCE_ERROR`` naming the path."""
+    if not isinstance(e, Exception):
+        return StateMachineError("open() was interrupted")
+    if isinstance(e, OSError | sqlite3.Error) or (
+        isinstance(e, StateMachineError) and e.code == ErrorCode.PERSISTENCE_ERROR
+    ):
+        why = e.message if isinstance(e, StateMachineError) else f"{type(e).__name__}: {e}"
+        err = StateMachineError(
+            f"cannot open the SQLite store {str(path)!r}: {why}", ErrorCode.PERSISTENCE_ERROR
+        )
+        err.__cause__ = e.__cause__ if isinstance(e, StateMachineError) and e.__cause__ else e
+        return err
+    return e
 
 
 def _abandon(writer: Writer, reader: sqlite3.Connection) -> None:

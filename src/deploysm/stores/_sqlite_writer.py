@@ -41,6 +41,7 @@ Op = Callable[[sqlite3.Connection], Any]
 
 STORE_BUSY = ErrorCode.STORE_BUSY
 SCHEMA_TOO_NEW = ErrorCode.SCHEMA_TOO_NEW
+INVALID_TEXT = ErrorCode.INVALID_TEXT
 _BUSY = (5, 6)  # primary result codes SQLITE_BUSY and SQLITE_LOCKED
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA_TABLE = (
@@ -61,18 +62,31 @@ def utc_text(d: datetime | None = None) -> str:
 
 
 def is_busy(e: BaseException) -> bool:
-    return isinstance(e, sqlite3.Error) and (e.sqlite_errorcode & 0xFF) in _BUSY
+    code = getattr(e, "sqlite_errorcode", None)  # not set on every error (a decoding one)
+    return isinstance(e, sqlite3.Error) and code is not None and (code & 0xFF) in _BUSY
 
 
 def store_error(e: Exception) -> Exception:
     """What a caller sees for ``e``: SQLite errors become ``STORE_BUSY`` or
-    ``PERSISTENCE_ERROR`` (cause chained), anything else passes through."""
-    if not isinstance(e, sqlite3.Error):
+    ``PERSISTENCE_ERROR`` (``CORRUPT_ROW`` for stored text that is not UTF-8); text that
+    is not UTF-8 (a lone surrogate) cannot be stored or looked up: ``INVALID_TEXT``; an
+    integer of 2^63 or more cannot be stored: ``INVALID_SNAPSHOT``. Cause chained;
+    anything else passes through."""
+    if isinstance(e, UnicodeEncodeError):
+        msg = f"text that is not valid UTF-8 cannot be stored or looked up: {e}"
+        err = StateMachineError(msg, INVALID_TEXT)
+    elif isinstance(e, OverflowError):
+        msg = f"an integer of 2^63 or more cannot be stored (a snapshot's version?): {e}"
+        err = StateMachineError(msg, ErrorCode.INVALID_SNAPSHOT)
+    elif not isinstance(e, sqlite3.Error):
         return e
-    busy = is_busy(e)
-    why = "busy (locked by another writer past the busy timeout)" if busy else "error"
-    code = STORE_BUSY if busy else ErrorCode.PERSISTENCE_ERROR
-    err = StateMachineError(f"SQLite store {why}: {type(e).__name__}: {e}", code)
+    elif "Could not decode to UTF-8" in str(e):
+        err = StateMachineError(f"a stored row is corrupt: {e}", ErrorCode.CORRUPT_ROW)
+    else:
+        busy = is_busy(e)
+        why = "busy (locked by another writer past the busy timeout)" if busy else "error"
+        code = STORE_BUSY if busy else ErrorCode.PERSISTENCE_ERROR
+        err = StateMachineError(f"SQLite store {why}: {type(e).__name__}: {e}", code)
     err.__cause__ = e
     return err
 
