@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .._codec import jsonable
@@ -41,6 +42,7 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._postgres_sql import (
     CHANNEL,
     STORE_UNAVAILABLE,
@@ -312,9 +314,8 @@ class PostgresStore(AsyncOpenClose):
         workflows: Collection[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` machines with work (see the protocol), of ``workflows``
-        only when given. A claimed row
-        whose snapshot cannot be decoded is logged and left leased (so it is retried
-        only once that lease expires) rather than failing the other claims."""
+        only when given. A claimed row whose snapshot cannot be decoded is parked (see
+        ``_parking``) rather than failing the other claims."""
         if limit <= 0:
             return []
         params = {
@@ -329,10 +330,48 @@ class PostgresStore(AsyncOpenClose):
             try:
                 snap = None if blob is None else _decode(self.codec, mid, blob)
             except StateMachineError as e:
-                logger.error("claimed machine %s cannot be run: %s", mid, e)
+                await self._park(mid, int(token), e)
                 continue
             out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel)))
         return out
+
+    async def _park(self, machine_id: str, token: int, error: StateMachineError) -> None:
+        params = {
+            "id": machine_id,
+            "token": token,
+            "status": PARKED,
+            "kind": UNREADABLE,
+            "data": Jsonb(reason(error)),
+        }
+        async with self._conn(f"parking {machine_id!r}") as conn:
+            await conn.execute(self._q["park"], params)
+        log_parked(machine_id, error)
+
+    async def unpark(self, machine_id: str) -> SerializableState:
+        """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
+        its snapshot still cannot be read, ``NOT_PARKED`` if no claim parked it."""
+        doing = f"unparking {machine_id!r}"
+        row = await self._fetchone("parked_row", {"id": machine_id}, doing)
+        if row is None:
+            raise unknown_machine(machine_id)
+        status, blob = row
+        check_unpark(machine_id, status, blob is not None)
+        snap = _decode(self.codec, machine_id, blob)
+        check_snapshot(snap)
+        params = {
+            "id": machine_id,
+            "status": snap.status,
+            "snapshot": blob,
+            "kind": UNPARKED,
+            "data": Jsonb({"status": snap.status}),
+            "channel": CHANNEL,
+        }
+        if await self._fetchone("unpark", params, doing) is None:
+            raise StateMachineError(
+                f"machine {machine_id!r} changed while it was being unparked; look again",
+                ErrorCode.CONFLICT,
+            )
+        return snap
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
         if not leases:

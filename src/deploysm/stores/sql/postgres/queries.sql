@@ -176,3 +176,30 @@ SELECT cancel_requested FROM machines WHERE id = %(id)s;
 -- Seconds until the earliest future timer of an active machine (NULL: none).
 SELECT extract(epoch FROM min(wake_at) - now())::float8 FROM machines
  WHERE status = 'active' AND wake_at > now();
+
+-- name: park
+-- A claimed machine whose snapshot cannot be read: status needs_attention, the lease
+-- given back, the reason in its journal (see stores/_parking.py).
+WITH parked AS (
+    UPDATE machines
+       SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL
+     WHERE id = %(id)s AND fencing_token = %(token)s
+    RETURNING id, version
+)
+INSERT INTO journal (machine_id, version, kind, at, data)
+SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM parked;
+
+-- name: parked_row
+SELECT status, snapshot FROM machines WHERE id = %(id)s;
+
+-- name: unpark
+-- Back to the status its snapshot has, only if nothing changed since it was read.
+WITH freed AS (
+    UPDATE machines SET status = %(status)s
+     WHERE id = %(id)s AND status = 'needs_attention' AND snapshot = %(snapshot)s
+    RETURNING id, version
+), noted AS (
+    INSERT INTO journal (machine_id, version, kind, at, data)
+    SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM freed
+)
+SELECT pg_notify(%(channel)s, id) IS NULL FROM freed;
