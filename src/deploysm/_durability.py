@@ -99,6 +99,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
             m._version -= 1
         if e.code in (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST):
             m._stale = True
+        m._write_error = e
         return e
     except Exception as e:
         if bump:
@@ -112,6 +113,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
         err.__cause__ = e
         if obs.enabled("error"):
             await obs.log("error", err.message, {"machine_id": m._machine_id})
+        m._write_error = err
         return err
     return None
 

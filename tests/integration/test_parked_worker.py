@@ -96,7 +96,7 @@ def test_a_worker_parks_an_unreadable_row_and_finishes_the_others(tmp_path: Path
             time.sleep(0.05)
         alive = worker.poll() is None
         worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=20)
+        _, err = worker.communicate(timeout=20)
     finally:
         if worker.poll() is None:
             worker.kill()
