@@ -249,8 +249,8 @@ class StateMachine(Generic[S, E, C]):
     def check_active(self) -> None:
         if self._stale:
             raise StateMachineError(
-                f"machine {self._machine_id!r} was changed by another writer; resume() it to "
-                "load the stored state",
+                f"machine {self._machine_id!r} was changed by another writer (or its store "
+                "could not be read after a failed write); resume() it to load the stored state",
                 ErrorCode.CONFLICT,
                 state=self._state.name,
             )

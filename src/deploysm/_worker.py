@@ -261,14 +261,14 @@ class Worker:
         else:
             await sm._exclusive(recovery.resume, claim.snapshot)
         if claim.cancel_requested and sm.status == "active" and sm._write_error is None:
-            await sm.cancel()
+            await _cancel(sm)
         # A failed write (the store is down, busy or full) ends the run: what it was
         # writing is not durable, so its event stays in the inbox for the next claim.
         while sm.status == "active" and not sm._stale and not self._stopping:
             if sm._write_error is not None:
                 break
             if await self.store.cancel_requested(claim.machine_id):
-                await sm.cancel()
+                await _cancel(sm)
                 break
             item = await self.store.next_event(claim.machine_id)
             if item is None:
@@ -351,6 +351,11 @@ async def _first(*waits: Awaitable[Any]) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _cancel(sm: StateMachine[Any, Any, Any]) -> None:
+    with contextlib.suppress(StateMachineError):  # a failed write is in sm._write_error
+        await sm.cancel()
 
 
 async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
