@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -62,8 +61,6 @@ from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_mach
 from ._sqlite import _decode
 
 __all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
-
-logger = logging.getLogger("deploysm.stores.postgres")
 
 Conn = psycopg.AsyncConnection[Any]
 
