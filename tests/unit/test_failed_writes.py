@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deploysm import (
@@ -170,6 +170,7 @@ OPS = st.sampled_from(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(OPS, st.lists(st.booleans(), max_size=4)), max_size=14))
+@example(steps=[("GO", [False, True]), ("resume", [True])])  # resume's own intent fails
 async def test_after_any_failed_write_memory_equals_the_store(
     steps: list[tuple[str, list[bool]]],
 ) -> None:
