@@ -282,7 +282,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _cli_runtime, _cli_store  # noqa: F401  (register their subcommands)
+    from . import _cli_park, _cli_runtime, _cli_store  # noqa: F401  (register their subcommands)
 
     parser = argparse.ArgumentParser(
         prog="deploysm",

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -230,6 +231,7 @@ def _configure_worker(p: argparse.ArgumentParser) -> None:
 @command("worker", "run machines out of the store until SIGTERM", _configure_worker)
 def _worker(args: argparse.Namespace) -> int:
     workflows = load_app(args.app)
+    _log_to_stderr()
 
     async def body(store: RuntimeStore) -> int:
         if isinstance(store, SealingStore):  # no keys for an encrypted store: stop now
@@ -252,3 +254,15 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, body)
+
+
+def _log_to_stderr() -> None:
+    """A worker runs unattended: its warnings and errors (a store that failed and is
+    retried, a parked machine) go to stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger("deploysm")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)

@@ -1,5 +1,5 @@
 """CLI subcommands that read a store and repair its machines: ``ls``, ``show``,
-``history`` and ``resolve``.
+``history`` and ``resolve`` (``unpark`` is in ``_cli_park``).
 
 Exit codes as in :mod:`._cli`: 0 ok; 1 the machine is unknown, its snapshot cannot be
 read (``INVALID_SNAPSHOT``), or the operation failed; 2 usage errors, including a
@@ -26,6 +26,7 @@ from ._errors import ErrorCode, StateMachineError
 from ._printable import json_text, printable
 from ._snapshot import STATUSES, SerializableState
 from .stores import JournalEntry, MachineInfo, SQLiteStore, Store, open_store
+from .stores._parking import PARKED
 
 __all__ = ["summarize"]
 
@@ -155,8 +156,15 @@ def _iso(at: datetime) -> str:
 @command("show", "show one machine: state, status, in-flight transition, context", _store_args)
 def _show(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
-        snap = await store.load(args.machine_id)
         info = await _info(store, args.machine_id)
+        try:
+            snap = await store.load(args.machine_id)
+        except StateMachineError as e:
+            if e.code != ErrorCode.INVALID_SNAPSHOT or info is None or info.status != PARKED:
+                raise
+            from ._cli_park import show_parked
+
+            return await show_parked(store, info, e, args.json)
         if snap is None and info is None:
             raise _not_found(args)
         if args.json:
@@ -259,6 +267,8 @@ _SUMMARY = {
     "event_refused": "event {event} refused ({code})",
     "compensated": "compensated {state} (key {key})",
     "compensation_failed": "compensation of {state} failed (key {key})",
+    "unreadable": "parked: its snapshot cannot be read: {message}",
+    "unparked": "unparked by an operator: {status} again",
 }
 
 

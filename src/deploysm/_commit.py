@@ -85,8 +85,8 @@ async def commit(
         timers.arm(m)
     if store is not None or d.persist_state is not None:
         error = await m.persist()
-        if error is not None:
-            return make_result(False, b, error, result)
+        if error is not None:  # the machine is back to what its store holds
+            return make_result(False, m._state, error, result)
     return make_result(True, b, None, result)
 
 

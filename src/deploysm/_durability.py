@@ -13,6 +13,8 @@ from ._errors import ErrorCode, StateMachineError
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
 from ._timeouts import uninterrupted
+from ._timers import arm, stop
+from ._types import State, StateMachineMetrics, StateMetrics
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -99,6 +101,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
             m._version -= 1
         if e.code in (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST):
             m._stale = True
+        await _failed(m, e)
         return e
     except Exception as e:
         if bump:
@@ -112,8 +115,51 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
         err.__cause__ = e
         if obs.enabled("error"):
             await obs.log("error", err.message, {"machine_id": m._machine_id})
+        await _failed(m, err)
         return err
     return None
+
+
+async def _failed(m: StateMachine[Any, Any, Any], error: StateMachineError) -> None:
+    """After a failed write the machine becomes what its store holds (it may have been
+    changed for the write: a new state, an intent, journal records), so that memory
+    never claims what is not durable. A stale machine (another writer, a lost lease)
+    is left as it is: it refuses everything until ``resume()``; so is one whose store
+    cannot even be read now."""
+    m._write_error = error
+    if m._store is None or m._stale:
+        return
+    try:
+        snap = await uninterrupted(m._store.load(m._machine_id))
+        if snap is None:
+            _as_new(m)
+        else:
+            rehydrate(m, snap, check_busy=False, validated=True)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        m._stale = True
+
+
+def _as_new(m: StateMachine[Any, Any, Any]) -> None:
+    """A machine its store has never taken a snapshot of: back to its initial state."""
+    d = m._def
+    now = d.clock.now()
+    m._state = State(d.initial, {}, now, 0)
+    m._history = []
+    m._metrics = StateMachineMetrics(states=[StateMetrics(d.initial, now)], current_state=d.initial)
+    m._version = 0
+    m._status = "active"
+    m._in_flight = None
+    m._committed = []
+    m._last_error = None
+    m._cancel_requested = False
+    m._pending = []
+    m._json = None
+    if d.state_timeout_s is not None:
+        arm(m)
+    else:
+        stop(m)
 
 
 def rehydrate(

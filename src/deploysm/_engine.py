@@ -70,6 +70,7 @@ class StateMachine(Generic[S, E, C]):
         "_store",
         "_version",
         "_workflow",
+        "_write_error",
     )
 
     def __init__(self, definition: Definition, context: C, machine_id: str | None = None) -> None:
@@ -99,6 +100,7 @@ class StateMachine(Generic[S, E, C]):
         self._abandoned = False  # its lease was lost: stop, touch nothing
         self._store: Any = definition.store
         self._workflow: str | None = None
+        self._write_error: StateMachineError | None = None  # the last durable write that failed
         self._state_deadline: Any = None
         self._state_timer: asyncio.Task[None] | None = None
         if definition.state_timeout_s is not None:
@@ -247,8 +249,8 @@ class StateMachine(Generic[S, E, C]):
     def check_active(self) -> None:
         if self._stale:
             raise StateMachineError(
-                f"machine {self._machine_id!r} was changed by another writer; resume() it to "
-                "load the stored state",
+                f"machine {self._machine_id!r} was changed by another writer (or its store "
+                "could not be read after a failed write); resume() it to load the stored state",
                 ErrorCode.CONFLICT,
                 state=self._state.name,
             )

@@ -63,13 +63,16 @@ async def cancel(m: StateMachine[Any, Any, Any]) -> None:
     if owner is not None and m._cancellable and not owner.done():
         owner.cancel()
     async with m.lock():
-        await finish_cancel(m)
+        error = await finish_cancel(m)
+    if error is not None:  # not recorded: the machine is what its store holds
+        raise error
 
 
-async def finish_cancel(m: StateMachine[Any, Any, Any]) -> None:
-    """Record the cancellation: ``on_cancel``, then a durable write."""
+async def finish_cancel(m: StateMachine[Any, Any, Any]) -> StateMachineError | None:
+    """Record the cancellation: ``on_cancel``, then a durable write (its error, if it
+    failed)."""
     if m._status == "cancelled":
-        return
+        return None
     m.note("cancelled", state=m._state.name)
     m._status = "cancelled"
     m._metrics.is_cancelled = True
@@ -77,7 +80,7 @@ async def finish_cancel(m: StateMachine[Any, Any, Any]) -> None:
     hooks = m._def.hooks
     if hooks.on_cancel is not None:
         await m._def.observer.call("on_cancel", hooks.on_cancel, m._state, m._ctx)
-    await m.persist(bump=True)
+    return await m.persist(bump=True)
 
 
 async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:

@@ -13,6 +13,7 @@ from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
 from ._errors import EffectError, ErrorCode, RetryExhaustedError, StateMachineError
 from ._runner import Run, drive, error_fields, fail, rollback, start_attempt
+from ._runner import _NotDurable as NotDurable
 from ._snapshot import InFlight, SerializableState
 from ._timeouts import uninterrupted
 from ._types import EffectResult, State, TransitionResult
@@ -145,7 +146,10 @@ async def _rerun(
         m._metrics.total_retries += 1
     flight.attempt = attempt
     flight.started_at = m._def.clock.now()
-    await start_attempt(m, flight)
+    try:
+        await start_attempt(m, flight)
+    except NotDurable as e:  # the attempt's intent was not written: it does not run
+        return TransitionResult(False, m._state, e.error)
     return await drive(m, ct, flight.event, eff, Run(attempt))
 
 

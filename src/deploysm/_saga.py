@@ -66,14 +66,16 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
         m.note("compensated", state=record.state, key=record.idempotency_key)
         m._metrics.total_compensations += 1
         m._metrics.total_rollbacks += 1
-        done.append(record.state)
         if obs.enabled("info"):
             await obs.log(
                 "info",
                 f"compensated {record.state} (entered from {record.from_state} on {record.event})",
                 {"machine_id": m._machine_id, "idempotency_key": record.idempotency_key},
             )
-        await m.persist(bump=True)
+        persist_error = await m.persist(bump=True)
+        if persist_error is not None:  # not recorded: the store still lists the effect
+            return CompensationResult(False, done, [(record.state, persist_error)])
+        done.append(record.state)
     if failed:
         m._status = "needs_attention"
         await m.persist(bump=True)

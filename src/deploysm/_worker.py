@@ -16,11 +16,12 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from . import _recovery as recovery
+from ._backoff import Backoff, unfixable
 from ._config import StateMachineConfig
 from ._definition import Definition, compile_config
 from ._engine import StateMachine
@@ -70,6 +71,12 @@ class Worker:
         self._stopped = asyncio.Event()
         self._wake: asyncio.Event | None = None
         self.processed = 0
+        # riding out a failing store (see _backoff); _sleep is replaced in tests
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._claim_backoff = Backoff()
+        self._write_backoff = Backoff()
+        self._write_pause = 0.0
+        self._stop_asked = asyncio.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -78,20 +85,22 @@ class Worker:
         let each running machine finish the transition it is in, and give leases back."""
         await self.store.open()
         self._stopping = False
+        self._stop_asked.clear()
         self._wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         renewer = loop.create_task(self._renew_forever())
         try:
             while not self._stopping:
+                if self._write_pause:  # a machine's write failed: give the store time
+                    await self._pause(self._write_pause)
+                    self._write_pause = 0.0
                 try:
                     claimed = await self._claim()
                 except StateMachineError as e:
-                    if e.code not in _TRANSIENT:
-                        raise
-                    logger.warning("claiming failed, retrying: %s", e)
-                    await asyncio.sleep(self.poll_s)
+                    await self._pause(self._claim_failed(e))
                     continue
+                self._claim_backoff.reset()
                 if claimed:
                     continue
                 await self._idle_wait()
@@ -107,6 +116,7 @@ class Worker:
     async def stop(self) -> None:
         """Ask :meth:`run` to finish: no new claims, running transitions complete."""
         self._stopping = True
+        self._stop_asked.set()
         if self._wake is not None:
             self._wake.set()
 
@@ -131,6 +141,49 @@ class Worker:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+
+    # ------------------------------------------------------------------ store failures
+
+    def _claim_failed(self, error: StateMachineError) -> float:
+        """The delay before claiming again; raises when retrying cannot fix ``error``."""
+        fix = unfixable(error)
+        if fix is not None:
+            logger.critical("worker %s stops: %s; %s", self.worker_id, error.message, fix)
+            raise StateMachineError(
+                f"worker {self.worker_id} stops: {error.message}; retrying cannot fix this: {fix}",
+                error.code,
+            ) from error
+        if error.code not in _RETRIED:
+            raise error
+        delay = self._claim_backoff.next()
+        logger.warning(
+            "claiming failed (%s, try %d), retrying in %.2f s: %s",
+            error.code,
+            self._claim_backoff.failures,
+            delay,
+            error.message,
+        )
+        return delay
+
+    def _write_failed(self, machine_id: str, error: BaseException | None) -> None:
+        """A machine's durable write failed (``None``: one succeeded): the worker waits
+        before its next claim, longer each time in a row."""
+        if error is None:
+            self._write_backoff.reset()
+            return
+        self._write_pause = max(self._write_pause, self._write_backoff.next())
+        logger.warning(
+            "machine %s: the store did not take a write (%s); its event stays in its inbox, "
+            "claiming again in %.2f s: %s",
+            machine_id,
+            getattr(error, "code", type(error).__name__),
+            self._write_pause,
+            error,
+        )
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if ``stop()`` comes first."""
+        await _first(self._sleep(delay), self._stop_asked.wait())
 
     # ------------------------------------------------------------------ claiming
 
@@ -171,14 +224,7 @@ class Worker:
         if len(self._running) >= self.concurrency:
             await self._wake.wait()
             return
-        notified = asyncio.ensure_future(self.store.wait_for_work(self.poll_s))
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({notified, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (notified, woken):
-                t.cancel()
-            await asyncio.gather(notified, woken, return_exceptions=True)
+        await _first(self.store.wait_for_work(self.poll_s), self._wake.wait())
 
     async def _drain(self) -> None:
         while self._running:
@@ -214,11 +260,15 @@ class Worker:
             await _persist(sm)
         else:
             await sm._exclusive(recovery.resume, claim.snapshot)
-        if claim.cancel_requested and sm.status == "active":
-            await sm.cancel()
+        if claim.cancel_requested and sm.status == "active" and sm._write_error is None:
+            await _cancel(sm)
+        # A failed write (the store is down, busy or full) ends the run: what it was
+        # writing is not durable, so its event stays in the inbox for the next claim.
         while sm.status == "active" and not sm._stale and not self._stopping:
+            if sm._write_error is not None:
+                break
             if await self.store.cancel_requested(claim.machine_id):
-                await sm.cancel()
+                await _cancel(sm)
                 break
             item = await self.store.next_event(claim.machine_id)
             if item is None:
@@ -228,18 +278,13 @@ class Worker:
                 await sm.dispatch(item.event)
             except StateMachineError as e:
                 sm.note("event_refused", event=item.event.type, code=e.code, message=e.message)
-            if sm._pending and not sm._stale:
-                # A write failed (the store is down or busy): what this event did is not
-                # durable, so the event stays in the inbox and the next claim resumes.
-                logger.warning(
-                    "machine %s: the store did not take a write; %s stays in its inbox",
-                    claim.machine_id,
-                    item.event.type,
-                )
+            if sm._write_error is not None:
                 break
             if view.unconsumed() and not sm._stale:  # refused: no write took the event along
                 sm.note("event_refused", event=item.event.type, code="NO_TRANSITION")
                 await _persist(sm)
+        if not sm._stale:
+            self._write_failed(claim.machine_id, sm._write_error)
         await self._settle_timer(sm)
         deadline = sm._state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done
@@ -297,11 +342,25 @@ class Worker:
         return installed
 
 
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _cancel(sm: StateMachine[Any, Any, Any]) -> None:
+    with contextlib.suppress(StateMachineError):  # a failed write is in sm._write_error
+        await sm.cancel()
+
+
 async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
-    error = await sm.persist(bump=True)
-    if error is not None and error.code not in (ErrorCode.LEASE_LOST, ErrorCode.CONFLICT):
-        raise error
+    await sm.persist(bump=True)  # a failure is in sm._write_error
 
 
 _PENDING: Any = object()
-_TRANSIENT = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.STORE_BUSY)
+_RETRIED = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.STORE_BUSY, ErrorCode.PERSISTENCE_ERROR)

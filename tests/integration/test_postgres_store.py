@@ -273,11 +273,12 @@ async def test_an_undecodable_row_does_not_block_other_claims(
             await store.save(await snapshot(mid, 1), expected_version=None, workflow="wf")
             await store.send(mid, "START")
         await pk.tamper(store, "a", b"\x00garbage")
-        with caplog.at_level(logging.ERROR, logger="deploysm.stores.postgres"):
+        with caplog.at_level(logging.ERROR, logger="deploysm.stores"):
             claims = await store.claim("w", limit=5, lease_ms=60_000)
         assert [c.machine_id for c in claims] == ["b"]
-        assert "claimed machine a cannot be run" in caplog.text
-        assert await store.claim("w", limit=5, lease_ms=60_000) == []  # a is left leased
+        assert "machine a parked (needs_attention)" in caplog.text
+        assert await store.claim("w", limit=5, lease_ms=60_000) == []  # a is parked
+        assert [i.machine_id for i in await store.list("needs_attention")] == ["a"]
         with pytest.raises(StateMachineError) as info:
             await store.load("a")
         assert info.value.code == ErrorCode.INVALID_SNAPSHOT

@@ -229,15 +229,18 @@ async def test_claim_takes_only_active_machines_with_work(store: SQLiteStore) ->
     assert await code_of(store.request_cancel("nope")) == ErrorCode.UNKNOWN_MACHINE
 
 
-async def test_a_bad_snapshot_fails_the_claim_and_takes_nothing(store: SQLiteStore) -> None:
+async def test_a_bad_snapshot_is_parked_and_the_claim_takes_the_others(store: SQLiteStore) -> None:
     await store.start("flow", "a", {})
     await store.save(await snapshot("b"), expected_version=None)
     await store.send("b", "GO")
     with raw(store.path) as conn:
         conn.execute("UPDATE machines SET snapshot = x'00ff' WHERE id = 'b'")
     conn.close()
-    assert await code_of(store.claim("w", limit=5, lease_ms=10_000)) == ErrorCode.INVALID_SNAPSHOT
-    assert lease_of(store.path, "a") == (None, 0, None)
+    assert [c.machine_id for c in await store.claim("w", limit=5, lease_ms=10_000)] == ["a"]
+    assert lease_of(store.path, "a")[:2] == ("w", 1)
+    assert lease_of(store.path, "b") == (None, 0, None)
+    sql = "SELECT status, snapshot FROM machines WHERE id = 'b'"
+    assert column(store.path, sql) == [("needs_attention", b"\x00\xff")]
 
 
 async def test_release_wake_at_makes_a_machine_due_later(store: SQLiteStore) -> None:

@@ -20,8 +20,10 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
+from ._sqlite import _decode
 
 __all__ = ["MemoryStore"]
 
@@ -222,16 +224,45 @@ class MemoryStore(AsyncOpenClose):
                     continue
                 if workflows is not None and (row.workflow or row.definition_id) not in workflows:
                     continue
+                snap = None
+                if row.blob is not None:
+                    try:
+                        snap = _decode(self.codec, mid, row.blob)
+                    except StateMachineError as e:
+                        self._park(mid, row, e)
+                        continue
                 row.lease_owner = worker_id
                 row.lease_until = now + timedelta(milliseconds=lease_ms)
                 row.token += 1
                 row.wake_at = None
-                snap = None
-                if row.blob is not None:
-                    snap = SerializableState.from_dict(self.codec.decode(mid, row.blob))
                 wf = row.workflow or row.definition_id
                 out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel))
         return out
+
+    def _park(self, mid: str, row: _Row, error: StateMachineError) -> None:
+        row.status = PARKED
+        self._note(mid, row.version, UNREADABLE, reason(error))
+        log_parked(mid, error)
+
+    def _note(self, mid: str, version: int, kind: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        self._journal.append(JournalEntry(self._seq, mid, version, kind, _now(), data))
+
+    async def unpark(self, machine_id: str) -> SerializableState:
+        """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
+        its snapshot still cannot be read, ``NOT_PARKED`` if no claim parked it."""
+        async with self._lock:
+            row = self._rows.get(machine_id)
+            if row is None:
+                raise unknown_machine(machine_id)
+            check_unpark(machine_id, row.status, row.blob is not None)
+            assert row.blob is not None
+            snap = _decode(self.codec, machine_id, row.blob)
+            check_snapshot(snap)
+            row.status = snap.status
+            self._note(machine_id, row.version, UNPARKED, {"status": snap.status})
+        self._notify()
+        return snap
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
         now = _now()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .._codec import jsonable
@@ -41,6 +41,7 @@ from ._base import (
     conflict,
     encode_snapshot,
 )
+from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._postgres_sql import (
     CHANNEL,
     STORE_UNAVAILABLE,
@@ -63,8 +64,6 @@ from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
 
 __all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
-
-logger = logging.getLogger("deploysm.stores.postgres")
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -357,9 +356,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         workflows: Collection[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` machines with work (see the protocol), of ``workflows``
-        only when given. A claimed row
-        whose snapshot cannot be decoded is logged and left leased (so it is retried
-        only once that lease expires) rather than failing the other claims."""
+        only when given. A claimed row whose snapshot cannot be decoded is parked (see
+        ``_parking``) rather than failing the other claims."""
         if limit <= 0:
             return []
         params = {
@@ -376,10 +374,55 @@ class PostgresStore(SealingStore, AsyncOpenClose):
                 if sealed is not None:
                     context = unseal(self.codec, mid, sealed, "the start context").get("context")
             except StateMachineError as e:
-                logger.error("claimed machine %s cannot be run: %s", mid, e)
+                await self._park(mid, int(token), e)
                 continue
             out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel)))
         return out
+
+    async def _park(self, machine_id: str, token: int, error: StateMachineError) -> None:
+        params = {
+            "id": machine_id,
+            "token": token,
+            "status": PARKED,
+            "kind": UNREADABLE,
+            "data": Jsonb(reason(error)),
+        }
+        async with self._conn(f"parking {machine_id!r}") as conn:
+            await conn.execute(self._q["park"], params)
+        log_parked(machine_id, error)
+
+    async def unpark(self, machine_id: str) -> SerializableState | None:
+        """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
+        its snapshot (or, never run, its start context) still cannot be read,
+        ``NOT_PARKED`` if no claim parked it. Returns the snapshot (``None``: never run)."""
+        doing = f"unparking {machine_id!r}"
+        row = await self._fetchone("parked_row", {"id": machine_id}, doing)
+        if row is None:
+            raise unknown_machine(machine_id)
+        status, blob, sealed = row
+        check_unpark(machine_id, status, blob is not None or sealed is not None)
+        snap = None
+        if blob is None:  # never run: its start context was what could not be read
+            unseal(self.codec, machine_id, sealed, "the start context")
+            status = "active"
+        else:
+            snap = _decode(self.codec, machine_id, blob)
+            check_snapshot(snap)
+            status = snap.status
+        params = {
+            "id": machine_id,
+            "status": status,
+            "snapshot": blob,
+            "kind": UNPARKED,
+            "data": Jsonb({"status": status}),
+            "channel": CHANNEL,
+        }
+        if await self._fetchone("unpark", params, doing) is None:
+            raise StateMachineError(
+                f"machine {machine_id!r} changed while it was being unparked; look again",
+                ErrorCode.CONFLICT,
+            )
+        return snap
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
         if not leases:

@@ -40,6 +40,7 @@ from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import Codec, conflict
+from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
 from ._sealed import seal, unseal
 from ._sqlite_writer import utc_text
@@ -96,6 +97,8 @@ _RELEASE = (
     "UPDATE machines SET lease_owner = NULL, lease_expires_at = NULL, wake_at = ?"
     " WHERE id = ? AND fencing_token = ?"
 )
+_PARK = "UPDATE machines SET status = ? WHERE id = ? RETURNING version"
+_NOTE = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
     " WHERE machine_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT 1"
@@ -179,12 +182,50 @@ def _claim(
     rows = _candidates(conn, now, limit, workflows)
     out: list[Claim] = []
     for mid, workflow, definition_id, blob, context, cancel in rows:
-        # Decoded here so that a bad snapshot fails the whole claim with nothing taken.
-        snap = None if blob is None else decode(mid, blob)
+        try:
+            snap = None if blob is None else decode(mid, blob)
+            ctx = None if context is None else context_of(mid, context)
+        except StateMachineError as e:  # unreadable: parked, the others are claimed
+            _park(conn, mid, e)
+            continue
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
-        ctx = None if context is None else context_of(mid, context)
         out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel)))
     return out
+
+
+def _note(conn: sqlite3.Connection, mid: str, version: int, kind: str, data: Any) -> None:
+    conn.execute(_NOTE, (mid, version, kind, utc_text(), _dumps(data)))
+
+
+def _park(conn: sqlite3.Connection, mid: str, error: StateMachineError) -> None:
+    ((version,),) = conn.execute(_PARK, (PARKED, mid)).fetchall()
+    _note(conn, mid, version, UNREADABLE, reason(error))
+    log_parked(mid, error)
+
+
+def _unpark(
+    conn: sqlite3.Connection,
+    decode: Callable[[str, Any], SerializableState],
+    context_of: Callable[[str, Any], Any],
+    mid: str,
+) -> SerializableState | None:
+    sql = "SELECT status, snapshot, start_context FROM machines WHERE id = ?"
+    row = conn.execute(sql, (mid,)).fetchone()
+    if row is None:
+        raise unknown_machine(mid)
+    status, blob, context = row
+    check_unpark(mid, status, blob is not None or context is not None)
+    snap = None
+    if blob is None:  # never run: its start context was what could not be read
+        context_of(mid, context)
+        status = "active"
+    else:
+        snap = decode(mid, blob)
+        check_snapshot(snap)
+        status = snap.status
+    ((version,),) = conn.execute(_PARK, (status, mid)).fetchall()
+    _note(conn, mid, version, UNPARKED, {"status": status})
+    return snap
 
 
 def _renew(
@@ -344,6 +385,15 @@ class SQLiteRuntime:
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
         return out
+
+    async def unpark(self, machine_id: str) -> SerializableState | None:
+        """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
+        its snapshot (or, never run, its start context) still cannot be read,
+        ``NOT_PARKED`` if no claim parked it. Returns the snapshot (``None``: never run)."""
+        decode, ctx = self._decode_snapshot, self._start_context
+        snap = await self.run_write(lambda c: _unpark(c, decode, ctx, machine_id))
+        self._wakeups.notify()
+        return snap
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
         """Extend the leases still held (same token and owner); return the lost ids."""

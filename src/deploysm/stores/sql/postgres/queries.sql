@@ -209,3 +209,31 @@ WITH journal_gone AS (
     DELETE FROM inbox WHERE delivered_at < now() - %(older)s::interval RETURNING 1
 )
 SELECT (SELECT count(*) FROM journal_gone), (SELECT count(*) FROM inbox_gone);
+
+-- name: park
+-- A claimed machine whose snapshot cannot be read: status needs_attention, the lease
+-- given back, the reason in its journal (see stores/_parking.py).
+WITH parked AS (
+    UPDATE machines
+       SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL
+     WHERE id = %(id)s AND fencing_token = %(token)s
+    RETURNING id, version
+)
+INSERT INTO journal (machine_id, version, kind, at, data)
+SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM parked;
+
+-- name: parked_row
+SELECT status, snapshot, sealed_context FROM machines WHERE id = %(id)s;
+
+-- name: unpark
+-- Back to the status its snapshot has, only if nothing changed since it was read.
+WITH freed AS (
+    UPDATE machines SET status = %(status)s
+     WHERE id = %(id)s AND status = 'needs_attention'
+       AND snapshot IS NOT DISTINCT FROM %(snapshot)s::bytea
+    RETURNING id, version
+), noted AS (
+    INSERT INTO journal (machine_id, version, kind, at, data)
+    SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM freed
+)
+SELECT pg_notify(%(channel)s, id) IS NULL FROM freed;
