@@ -193,8 +193,8 @@ def inbox_event(seq: int, event_id: str, fields: Mapping[str, Any], at: datetime
 
 def lease_lost(machine_id: str, token: int | None) -> StateMachineError:
     return StateMachineError(
-        f"machine {machine_id!r}: this worker's lease (token {token}) is no longer valid; "
-        "another worker owns the machine, nothing was written",
+        f"machine {machine_id!r}: this writer's lease (token {token}) is no longer valid; "
+        "another owner took the machine over, nothing was written",
         LEASE_LOST,
     )
 
