@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import ErrorCode, StateMachineError
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
+from ._timeouts import uninterrupted
 from .stores._base import JournalRecord
 from .stores._runtime import Lease, LeaseHeld, holds_lease
 
@@ -169,8 +170,8 @@ async def _beat(m: StateMachine[Any, Any, Any]) -> None:
         token, owner = m._lease_token, m._lease_owner
         if token is None or owner is None:
             return
-        try:
-            lost = await store.renew(owner, {m._machine_id: token}, d.lease_ms)
+        try:  # not cut short by a stop: a driver may not like a query cancelled
+            lost = await uninterrupted(store.renew(owner, {m._machine_id: token}, d.lease_ms))
         except StateMachineError as e:
             logger.warning("machine %s: lease renewal failed: %s", m._machine_id, e)
             continue

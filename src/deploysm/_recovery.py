@@ -59,8 +59,7 @@ async def resume(
         if snap is None:
             return None
         if snap.in_flight is not None and snap.status == "active" and lease.applies(m):
-            snap = await _take_over(m, snap)
-            taken = True
+            snap, taken = await _take_over(m, snap)
         durability.rehydrate(m, snap, check_busy=False)
     flight = m._in_flight
     if flight is None or m._status != "active":
@@ -170,9 +169,12 @@ async def _rerun(
     return await drive(m, ct, flight.event, eff, Run(attempt))
 
 
-async def _take_over(m: StateMachine[Any, Any, Any], snap: SerializableState) -> SerializableState:
-    """Take the lease of the in-flight ``snap`` for ``m`` (a stored version newer than
-    the one loaded: load again, a few times); the snapshot now stored."""
+async def _take_over(
+    m: StateMachine[Any, Any, Any], snap: SerializableState
+) -> tuple[SerializableState, bool]:
+    """Take the lease of the in-flight ``snap`` for ``m``: the snapshot now stored, and
+    whether it was taken over. When the stored version is newer than the one loaded,
+    load again: nothing may be in flight any more (its owner finished it)."""
     for _ in range(3):
         bad = durability.snapshot_problem(snap, m._def, m._machine_id if m._explicit_id else None)
         if bad:
@@ -186,13 +188,15 @@ async def _take_over(m: StateMachine[Any, Any, Any], snap: SerializableState) ->
         note = JournalRecord("resumed", m._def.clock.now(), data)
         try:
             await lease.take_over(m, taken, [note])
-            return taken
+            return taken, True
         except StateMachineError as e:
             if e.code != ErrorCode.CONFLICT:
                 raise
             again = await load(m)
-            if again is None or again.in_flight is None or again.status != "active":
+            if again is None:
                 raise
+            if again.in_flight is None or again.status != "active":
+                return again, False
             snap = again
     raise StateMachineError(
         f"machine {m._machine_id!r} kept changing while resume() took it over", ErrorCode.CONFLICT
