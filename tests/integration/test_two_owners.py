@@ -64,9 +64,14 @@ def finish(proc: Any, err: Any, timeout: float = 60) -> list[list[str]]:
     return [line.split() for line in out.splitlines()]
 
 
-def wait_started(proc: Any) -> None:
-    line = proc.stdout.readline()
+def start_a(target: tuple[str, str | None], tmp: Path) -> tuple[Path, Any, Any]:
+    """A fresh ledger, and process A once every one of its effects runs."""
+    ledger = tmp / "ledger.db"
+    cw.init_ledger(ledger)
+    a, a_err = spawn("a", target, ledger, tmp)
+    line = a.stdout.readline()
     assert line.strip() == "started", line
+    return ledger, a, a_err
 
 
 async def stored(target: tuple[str, str | None]) -> dict[str, Any]:
@@ -89,10 +94,7 @@ def in_force(ledger: Path) -> Counter[str]:
 def test_resume_never_takes_a_live_attempt_away(
     target: tuple[str, str | None], tmp_path: Path
 ) -> None:
-    ledger = tmp_path / "ledger.db"
-    cw.init_ledger(ledger)
-    a, a_err = spawn("a", target, ledger, tmp_path)
-    wait_started(a)
+    ledger, a, a_err = start_a(target, tmp_path)
     b, b_err = spawn("b", target, ledger, tmp_path)
     a_lines, b_lines = finish(a, a_err), finish(b, b_err)
 
@@ -116,10 +118,7 @@ def test_resume_never_takes_a_live_attempt_away(
 def test_a_killed_owner_is_taken_over_and_every_effect_is_in_force_once(
     target: tuple[str, str | None], tmp_path: Path
 ) -> None:
-    ledger = tmp_path / "ledger.db"
-    cw.init_ledger(ledger)
-    a, a_err = spawn("a", target, ledger, tmp_path)
-    wait_started(a)
+    ledger, a, a_err = start_a(target, tmp_path)
     a.send_signal(signal.SIGKILL)
     finish(a, a_err)  # reaped: its pid no longer exists
     b, b_err = spawn("b", target, ledger, tmp_path)
