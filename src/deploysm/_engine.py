@@ -103,7 +103,7 @@ class StateMachine(Generic[S, E, C]):
         self._abandoned = False  # its lease was lost: stop, touch nothing
         self._lease_owner: str | None = None  # this object's owner id in leases (_lease)
         self._lease_token: int | None = None  # the fencing token of the lease it holds
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | asyncio.TimerHandle | None = None
         self._store: Any = definition.store
         self._workflow: str | None = None
         self._state_deadline: Any = None

@@ -26,6 +26,7 @@ import uuid
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from ._clock import SYSTEM_CLOCK
 from ._errors import ErrorCode, StateMachineError
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
@@ -146,7 +147,13 @@ def settle(m: StateMachine[Any, Any, Any], token: int | None, holds: bool) -> No
     if holds:
         m._lease_token = token
         if m._heartbeat is None:
-            m._heartbeat = asyncio.get_running_loop().create_task(_beat(m))
+            d = m._def
+            loop = asyncio.get_running_loop()
+            if d.clock is SYSTEM_CLOCK:  # a timer costs less than a task, and most
+                # effects end before it fires
+                m._heartbeat = loop.call_later(d.lease_ms / 3000.0, _first_beat, m, loop)
+            else:
+                m._heartbeat = loop.create_task(_beat(m, wait=True))
     else:
         m._lease_token = None
         stop_heartbeat(m)
@@ -159,14 +166,20 @@ def stop_heartbeat(m: StateMachine[Any, Any, Any]) -> None:
         beat.cancel()
 
 
-async def _beat(m: StateMachine[Any, Any, Any]) -> None:
+def _first_beat(m: StateMachine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
+    m._heartbeat = loop.create_task(_beat(m, wait=False))
+
+
+async def _beat(m: StateMachine[Any, Any, Any], wait: bool) -> None:
     """Renew the lease every third of it, while it is held; a lost lease makes the
     machine stale (its next save would be refused anyway)."""
     d = m._def
     store = m._store
     interval = d.lease_ms / 3000.0
     while True:
-        await d.clock.sleep(interval)
+        if wait:
+            await d.clock.sleep(interval)
+        wait = True
         token, owner = m._lease_token, m._lease_owner
         if token is None or owner is None:
             return
