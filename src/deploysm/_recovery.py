@@ -119,22 +119,26 @@ async def resolve(
             "NOT_PARKED",
         )
     flight = m._in_flight
-    if flight is not None and lease.applies(m):
+    if lease.applies(m):  # the decision is written first, taking the lease
         snap = durability.build_snapshot(m)
         snap = dataclasses.replace(snap, status="active", last_error=None, version=m._version + 1)
         note = JournalRecord("resolved", m._def.clock.now(), _data(action, by, reason))
         await lease.take_over(m, snap, [*m._pending, note])  # else nothing changed
         m._pending = []
         m._version = m._saved_version = snap.version
+        m._status = "active"
+        m._last_error = None
+        if flight is None:
+            return None
     else:
         m.note("resolved", action=action, by=by, reason=reason)
-    m._status = "active"
-    m._last_error = None
-    if flight is None:
-        err = await m.persist(bump=True)
-        if err is not None:
-            raise err
-        return None
+        m._status = "active"
+        m._last_error = None
+        if flight is None:
+            err = await m.persist(bump=True)
+            if err is not None:
+                raise err
+            return None
     ct, eff = _transition_of(m, flight)
     if action == "retry":
         return await _rerun(m, ct, eff, flight, flight.attempt + 1)

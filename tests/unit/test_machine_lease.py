@@ -198,3 +198,27 @@ def test_lease_ms_is_checked(make_config: Any) -> None:
         with pytest.raises(StateMachineError) as info:
             create_state_machine(make_config(lease_ms=bad), {})
         assert info.value.code == ErrorCode.INVALID_CONFIG
+
+
+async def test_resume_that_finds_the_owner_finished_meanwhile_loads_the_result(
+    make_config: Any, store: MemoryStore, clock: VirtualClock, monkeypatch: Any
+) -> None:
+    ship = Ship(clock)
+    cfg = config(make_config, store, ship)
+    running = await start_a(cfg, ship)
+    load = store.load
+
+    async def slow_load(machine_id: str) -> Any:  # A commits between B's load and take-over
+        snap = await load(machine_id)
+        monkeypatch.undo()
+        ship.gate.set()
+        assert (await running).success
+        return snap
+
+    monkeypatch.setattr(store, "load", slow_load)
+    b = create_state_machine(cfg, {}, machine_id=MID)
+    assert await b.resume() is None  # nothing in flight any more: nothing to take over
+    assert (
+        b.get_state().name == "validating" and b.version == (await store_state(store))[0]["version"]
+    )
+    assert ship.ledger == ["run"]
