@@ -14,7 +14,7 @@ from ._commit import commit
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
 from ._errors import EffectError, ErrorCode, RetryExhaustedError, StateMachineError
-from ._runner import NotDurable, Run, drive, error_fields, fail, rollback, start_attempt
+from ._runner import Run, _NotDurable, drive, error_fields, fail, rollback, start_attempt
 from ._snapshot import InFlight, SerializableState
 from ._timeouts import uninterrupted
 from ._types import EffectResult, State, TransitionResult
@@ -168,7 +168,7 @@ async def _rerun(
     flight.started_at = m._def.clock.now()
     try:
         await start_attempt(m, flight)
-    except NotDurable as e:  # the attempt is not durable: it does not run
+    except _NotDurable as e:  # the attempt is not durable: it does not run
         return TransitionResult(False, m._state, e.error)
     return await drive(m, ct, flight.event, eff, Run(attempt))
 

@@ -25,16 +25,7 @@ from ._types import EffectResult, Event, State, TransitionResult, make_state
 if TYPE_CHECKING:
     from ._engine import StateMachine
 
-__all__ = [
-    "NotDurable",
-    "Run",
-    "drive",
-    "error_fields",
-    "fail",
-    "rollback",
-    "run_transition",
-    "start_attempt",
-]
+__all__ = ["Run", "drive", "error_fields", "fail", "rollback", "run_transition", "start_attempt"]
 
 
 class Run:
@@ -131,7 +122,7 @@ async def drive(
                 timeout_cm = deadline(d.clock, d.transition_timeout_s)
                 async with timeout_cm:
                     result = await _attempts(m, ct, eff, run)
-        except NotDurable as e:
+        except _NotDurable as e:
             return TransitionResult(False, m._state, e.error, run.last_result)
         except builtins.TimeoutError as e:
             if timeout_cm is None or not timeout_cm.expired():
@@ -266,14 +257,14 @@ async def start_attempt(m: StateMachine[Any, Any, Any], flight: InFlight) -> Non
 async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
     err = await m.persist(bump=True)
     if err is not None:
-        raise NotDurable(err)
+        raise _NotDurable(err)
 
 
 class _CancelRequested(Exception):
     """``cancel()`` was called from inside the running transition."""
 
 
-class NotDurable(Exception):
+class _NotDurable(Exception):
     def __init__(self, error: StateMachineError) -> None:
         super().__init__(error.message)
         self.error = error
@@ -330,7 +321,7 @@ async def fail(
     m: StateMachine[Any, Any, Any], ct: CompiledTransition, run: Run, error: BaseException
 ) -> TransitionResult[Any]:
     """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
-    if isinstance(error, NotDurable):
+    if isinstance(error, _NotDurable):
         return TransitionResult(False, m._state, error.error, run.last_result)
     m._metrics.states[-1].errors += run.errors
     if m._status != "needs_attention":
