@@ -113,6 +113,7 @@ class StateMachineConfig(Generic[S, E, C]):
     compensate_on_failure: bool = False
     store: Any = None
     redact_keys: Sequence[str] | None = None
+    lease_ms: int = 30_000
     _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
 
 

@@ -19,6 +19,7 @@ from ._errors import ErrorCode, StateMachineError
 from ._observe import Observer
 from ._retry import RetryPolicy
 from ._validation import check_errors, check_warnings, final_states_of
+from .stores._runtime import RuntimeStore
 
 __all__ = ["CompiledTransition", "Definition", "compile_config"]
 
@@ -70,6 +71,8 @@ class Definition:
         "id",
         "index",
         "initial",
+        "lease_ms",
+        "leases",
         "load_state",
         "observer",
         "persist_state",
@@ -135,6 +138,10 @@ class Definition:
         self.persist_state = cfg.persist_state
         self.load_state = cfg.load_state
         self.store = cfg.store
+        # A machine on a runtime store leases itself while a transition is in flight
+        # (``_lease``); a worker's machines write through their claim's lease instead.
+        self.leases = isinstance(cfg.store, RuntimeStore)
+        self.lease_ms: int = cfg.lease_ms
         self.clock: Clock = cfg.clock if cfg.clock is not None else SYSTEM_CLOCK
         self.random: _random.Random = cfg.random if cfg.random is not None else _random.Random()
         self.validate_context = cfg.validate_context

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from . import _lease as lease
 from ._codec import decode_context, jsonable
 from ._definition import Definition
 from ._effects import call_maybe_async
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from ._engine import StateMachine
 
 __all__ = ["build_snapshot", "persist", "rehydrate"]
+
+_STALE = (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST, ErrorCode.LEASE_HELD)
 
 
 def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> SerializableState:
@@ -80,14 +83,17 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
             pending = m._pending
             m._pending = []
             try:
-                await uninterrupted(
-                    store.save(
-                        snap,
-                        expected_version=m._saved_version,
-                        journal=pending,
-                        workflow=m._workflow,
+                if d.leases and store is d.store:  # the machine leases itself (_lease)
+                    await uninterrupted(lease.save(m, snap, pending, m._saved_version))
+                else:
+                    await uninterrupted(
+                        store.save(
+                            snap,
+                            expected_version=m._saved_version,
+                            journal=pending,
+                            workflow=m._workflow,
+                        )
                     )
-                )
             except BaseException:
                 m._pending = pending + m._pending
                 raise
@@ -99,7 +105,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     except StateMachineError as e:
         if bump:
             m._version -= 1
-        if e.code in (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST):
+        if e.code in _STALE:  # another writer has or runs the machine
             m._stale = True
         await _failed(m, e)
         return e

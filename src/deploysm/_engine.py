@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from . import _durability as durability
+from . import _lease as lease
 from . import _lifecycle as lifecycle
 from . import _recovery as recovery
 from . import _timers as timers
@@ -52,10 +53,13 @@ class StateMachine(Generic[S, E, C]):
         "_ctx",
         "_def",
         "_explicit_id",
+        "_heartbeat",
         "_history",
         "_in_flight",
         "_json",
         "_last_error",
+        "_lease_owner",
+        "_lease_token",
         "_lock",
         "_machine_id",
         "_metrics",
@@ -98,6 +102,9 @@ class StateMachine(Generic[S, E, C]):
         self._saved_version: int | None = None
         self._stale = False
         self._abandoned = False  # its lease was lost: stop, touch nothing
+        self._lease_owner: str | None = None  # this object's owner id in leases (_lease)
+        self._lease_token: int | None = None  # the fencing token of the lease it holds
+        self._heartbeat: asyncio.Task[None] | asyncio.TimerHandle | None = None
         self._store: Any = definition.store
         self._workflow: str | None = None
         self._write_error: StateMachineError | None = None  # the last durable write that failed
@@ -203,6 +210,8 @@ class StateMachine(Generic[S, E, C]):
             return result
         finally:
             self._owner = None
+            if self._heartbeat is not None:  # a write that should have freed it failed
+                lease.stop_heartbeat(self)
             lock.release()
             if token is not None:
                 reset_clock(token)
@@ -223,6 +232,8 @@ class StateMachine(Generic[S, E, C]):
                     return await fn(self, *args)
                 finally:
                     self._owner = None
+                    if self._heartbeat is not None:
+                        lease.stop_heartbeat(self)
         finally:
             reset_clock(token)
 

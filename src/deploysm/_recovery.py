@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import _durability as durability
+from . import _lease as lease
 from ._commit import commit
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
 from ._errors import EffectError, ErrorCode, RetryExhaustedError, StateMachineError
-from ._runner import Run, drive, error_fields, fail, rollback, start_attempt
-from ._runner import _NotDurable as NotDurable
+from ._runner import Run, _NotDurable, drive, error_fields, fail, rollback, start_attempt
 from ._snapshot import InFlight, SerializableState
 from ._timeouts import uninterrupted
 from ._types import EffectResult, State, TransitionResult
+from .stores._base import JournalRecord
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -46,19 +48,25 @@ async def resume(
     """Load the stored snapshot and finish its in-flight transition, if any.
 
     ``claimed``: the snapshot a worker's claim has just read and validated, so the
-    store is not read (and the snapshot not decoded) a second time."""
+    store is not read (and the snapshot not decoded) a second time. A machine that
+    leases itself takes the lease first (``_lease.take_over``): ``LEASE_HELD`` while
+    another owner's lease is live, and then nothing changed."""
+    taken = False
     if claimed is not None:
         durability.rehydrate(m, claimed, check_busy=False, validated=True)
     else:
         snap = await load(m)
         if snap is None:
             return None
+        if snap.in_flight is not None and snap.status == "active" and lease.applies(m):
+            snap, taken = await _take_over(m, snap)
         durability.rehydrate(m, snap, check_busy=False)
     flight = m._in_flight
     if flight is None or m._status != "active":
         return None
     ct, eff = _transition_of(m, flight)
-    m.note("resumed", attempt=flight.attempt, phase=flight.phase, key=flight.idempotency_key)
+    if not taken:  # else the take-over wrote it
+        m.note("resumed", attempt=flight.attempt, phase=flight.phase, key=flight.idempotency_key)
     if flight.phase == "retry_wait":
         return await drive(m, ct, flight.event, eff, Run(flight.attempt), flight.next_retry_at)
     target = _target(m, flight)
@@ -110,15 +118,27 @@ async def resolve(
             f"machine {m._machine_id!r} is {m._status}, not needs_attention: nothing to resolve",
             "NOT_PARKED",
         )
-    m.note("resolved", action=action, by=by, reason=reason)
-    m._status = "active"
-    m._last_error = None
     flight = m._in_flight
-    if flight is None:
-        err = await m.persist(bump=True)
-        if err is not None:
-            raise err
-        return None
+    if lease.applies(m):  # the decision is written first, taking the lease
+        snap = durability.build_snapshot(m)
+        snap = dataclasses.replace(snap, status="active", last_error=None, version=m._version + 1)
+        note = JournalRecord("resolved", m._def.clock.now(), _data(action, by, reason))
+        await lease.take_over(m, snap, [*m._pending, note])  # else nothing changed
+        m._pending = []
+        m._version = m._saved_version = snap.version
+        m._status = "active"
+        m._last_error = None
+        if flight is None:
+            return None
+    else:
+        m.note("resolved", action=action, by=by, reason=reason)
+        m._status = "active"
+        m._last_error = None
+        if flight is None:
+            err = await m.persist(bump=True)
+            if err is not None:
+                raise err
+            return None
     ct, eff = _transition_of(m, flight)
     if action == "retry":
         return await _rerun(m, ct, eff, flight, flight.attempt + 1)
@@ -148,9 +168,47 @@ async def _rerun(
     flight.started_at = m._def.clock.now()
     try:
         await start_attempt(m, flight)
-    except NotDurable as e:  # the attempt's intent was not written: it does not run
+    except _NotDurable as e:  # the attempt is not durable: it does not run
         return TransitionResult(False, m._state, e.error)
     return await drive(m, ct, flight.event, eff, Run(attempt))
+
+
+async def _take_over(
+    m: StateMachine[Any, Any, Any], snap: SerializableState
+) -> tuple[SerializableState, bool]:
+    """Take the lease of the in-flight ``snap`` for ``m``: the snapshot now stored, and
+    whether it was taken over. When the stored version is newer than the one loaded,
+    load again: nothing may be in flight any more (its owner finished it)."""
+    for _ in range(3):
+        bad = durability.snapshot_problem(snap, m._def, m._machine_id if m._explicit_id else None)
+        if bad:
+            raise StateMachineError(
+                f"snapshot does not fit this machine: {bad}", "INVALID_SNAPSHOT"
+            )
+        flight = snap.in_flight
+        assert flight is not None
+        taken = dataclasses.replace(snap, version=snap.version + 1)
+        data = {"attempt": flight.attempt, "phase": flight.phase, "key": flight.idempotency_key}
+        note = JournalRecord("resumed", m._def.clock.now(), data)
+        try:
+            await lease.take_over(m, taken, [note])
+            return taken, True
+        except StateMachineError as e:
+            if e.code != ErrorCode.CONFLICT:
+                raise
+            again = await load(m)
+            if again is None:
+                raise
+            if again.in_flight is None or again.status != "active":
+                return again, False
+            snap = again
+    raise StateMachineError(
+        f"machine {m._machine_id!r} kept changing while resume() took it over", ErrorCode.CONFLICT
+    )
+
+
+def _data(action: str, by: str | None, reason: str | None) -> dict[str, Any]:
+    return {"action": action, "by": by, "reason": reason}
 
 
 async def _park(m: StateMachine[Any, Any, Any], flight: InFlight) -> TransitionResult[Any]:

@@ -114,6 +114,9 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
         or not all(isinstance(k, str) and k for k in keys)
     ):
         errors.append("redact_keys must be a list of non-empty strings")
+    lease = cfg.lease_ms
+    if isinstance(lease, bool) or not isinstance(lease, int) or lease < 30:
+        errors.append(f"lease_ms must be an int of at least 30 (milliseconds), got {lease!r}")
     return errors
 
 

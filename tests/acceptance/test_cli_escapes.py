@@ -87,7 +87,7 @@ def config(names: dict[str, str], store: SQLiteStore) -> deploysm.StateMachineCo
 
 async def build(db: Path, names: dict[str, str], extra: list[tuple[str, dict[str, str]]]) -> Any:
     async with SQLiteStore(db) as store:
-        mid = names["id"]
+        mid = names["id"]  # after `--`: an id may start with a dash
         context = {names["key"]: names["value"]}
         sm = deploysm.create_state_machine(config(names, store), context, mid)
         await sm.dispatch(names["go"])
@@ -137,13 +137,13 @@ def test_no_control_character_reaches_the_output(
         assert controls(out) == []
         assert len(out.splitlines()) == 1 + 2  # the header and one line per machine
 
-        code, out, err = run("show", mid, "--db", db)
+        code, out, err = run("show", "--db", db, "--", mid)
         assert (code, err) == (0, "")
         assert controls(out) == []
         context = out[out.index("\ncontext\n") + 9 :]
         assert json.loads(context) == snap.context
 
-        code, out, err = run("history", mid, "--db", db)
+        code, out, err = run("history", "--db", db, "--", mid)
         assert (code, err) == (0, "")
         assert controls(out) == []
         assert len(out.splitlines()) == 2 + len(journal)
@@ -153,16 +153,16 @@ def test_no_control_character_reaches_the_output(
         assert sorted(m["machine_id"] for m in json.loads(out)) == sorted([mid, names["id2"]])
         assert {m["workflow"] for m in json.loads(out)} == {None, names["workflow2"]}
 
-        code, out, err = run("show", mid, "--db", db, "--json")
+        code, out, err = run("show", "--db", db, "--json", "--", mid)
         assert (code, err, controls(out)) == (0, "", [])
         assert json.loads(out)["snapshot"] == snap.to_dict()
 
-        code, out, err = run("history", mid, "--db", db, "--json")
+        code, out, err = run("history", "--db", db, "--json", "--", mid)
         assert (code, err, controls(out)) == (0, "", [])
         assert [e["data"] for e in json.loads(out)] == [dict(e.data) for e in journal]
         assert [e["kind"] for e in json.loads(out)] == [e.kind for e in journal]
 
-        code, out, err = run("show", names["id"] + "\x1b[2J-missing", "--db", db)
+        code, out, err = run("show", "--db", db, "--", names["id"] + "\x1b[2J-missing")
         assert code == 1 and out == ""
         assert controls(err) == [] and len(err.splitlines()) == 1
 

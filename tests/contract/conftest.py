@@ -60,6 +60,31 @@ def store_kind(request: pytest.FixtureRequest) -> StoreKind:
     return kind
 
 
+@dataclass(frozen=True)
+class RuntimeKind:
+    name: str
+    make: Callable[[Path], Any]  # an unopened RuntimeStore
+
+
+RUNTIME_KINDS: list[RuntimeKind] = [
+    RuntimeKind("memory", lambda tmp: MemoryStore()),
+    RuntimeKind("sqlite", lambda tmp: SQLiteStore(tmp / "rt.db")),
+    RuntimeKind("postgres", postgres_kind.make),
+]
+
+
+@pytest.fixture(params=RUNTIME_KINDS, ids=[k.name for k in RUNTIME_KINDS])
+async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A runtime store of each kind (the ``RuntimeStore`` contract), opened."""
+    kind: RuntimeKind = request.param
+    store = kind.make(tmp_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def store(store_kind: StoreKind, tmp_path: Path) -> AsyncIterator[Store]:
     s = store_kind.make(tmp_path)

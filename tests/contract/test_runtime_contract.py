@@ -11,46 +11,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import postgres_kind
 import pytest
 
 from deploysm import ErrorCode, Event, SerializableState, StateMachineError
 from deploysm._snapshot import InFlight
-from deploysm.stores import JournalRecord, MemoryStore, SQLiteStore
+from deploysm.stores import JournalRecord
 from deploysm.stores._runtime import RuntimeStore
 
 MakeSnapshot = Callable[..., Awaitable[SerializableState]]
 LEASE = 200  # ms
-
-
-@dataclass(frozen=True)
-class RuntimeKind:
-    name: str
-    make: Callable[[Path], Any]  # an unopened RuntimeStore
-
-
-RUNTIME_KINDS: list[RuntimeKind] = [
-    RuntimeKind("memory", lambda tmp: MemoryStore()),
-    RuntimeKind("sqlite", lambda tmp: SQLiteStore(tmp / "rt.db")),
-    RuntimeKind("postgres", postgres_kind.make),
-]
-
-
-@pytest.fixture(params=RUNTIME_KINDS, ids=[k.name for k in RUNTIME_KINDS])
-async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kind: RuntimeKind = request.param
-    store = kind.make(tmp_path)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def rec(kind: str) -> JournalRecord:

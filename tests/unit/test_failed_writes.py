@@ -38,13 +38,13 @@ class FlakyStore(MemoryStore):
         self.plan: list[bool] = []
         self.failed = 0
 
-    async def save(self, *args: Any, **kw: Any) -> None:
+    async def save(self, *args: Any, **kw: Any) -> int | None:
         if self.plan and self.plan.pop(0):
             self.failed += 1
             raise StateMachineError(
                 "SQLite store error: OperationalError: disk I/O error", ErrorCode.PERSISTENCE_ERROR
             )
-        await super().save(*args, **kw)
+        return await super().save(*args, **kw)  # the lease's token, when it takes one
 
 
 def config(store: Any, **kw: Any) -> StateMachineConfig[Any, Any, Any]:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from lease_owners import dead_owner
 
 from deploysm import (
     EffectError,
@@ -70,17 +71,21 @@ class Fx:
 
 
 class StuckClock:
-    """A's clock once it has "crashed": same time as ``clock``, but sleeps never end."""
+    """A's clock once it has "crashed": same time as ``clock``, but sleeps never end;
+    ``sleeping`` is set once a sleep of at least ``over`` seconds began (the retry
+    delay; the lease heartbeat sleeps a third of the lease)."""
 
-    def __init__(self, clock: VirtualClock) -> None:
+    def __init__(self, clock: VirtualClock, over: float) -> None:
         self.clock = clock
+        self.over = over
         self.sleeping = asyncio.Event()
 
     def now(self) -> Any:
         return self.clock.now()
 
     async def sleep(self, seconds: float) -> None:
-        self.sleeping.set()
+        if seconds >= self.over:
+            self.sleeping.set()
         await asyncio.Event().wait()
 
 
@@ -95,8 +100,11 @@ async def state_of_store(store: MemoryStore) -> tuple[dict[str, Any], list[Any]]
 
 
 async def crash(cfg: Any, fx: Any, ctx: Any = None) -> tuple[Any, asyncio.Task[Any]]:
-    """Start A's dispatch of START and wait until its effect hangs."""
+    """Start A's dispatch of START and wait until its effect hangs. A "crashed": its
+    lease is owned by a process of this host that no longer exists, so B's
+    ``resume()`` takes it over at once (A's late writes are fenced out)."""
     a = create_state_machine(cfg, {} if ctx is None else ctx, machine_id=MID)
+    a._lease_owner = dead_owner()
     task = asyncio.create_task(a.dispatch("START"))
     await fx.started.wait()
     return a, task
@@ -148,11 +156,13 @@ async def test_idempotent_in_flight_reruns_with_same_key_and_commits(
     assert snap.to_dict() == (await b.serialize()).to_dict()
     assert "resumed" in kinds(await store.journal(MID))
 
-    # A wakes up after B took over: its commit is refused, the store keeps B's write.
+    # A wakes up after B took over: its commit is refused (B's take-over fenced it
+    # out), the store keeps B's write.
     before = await state_of_store(store)
     fx.release.set()
     late = await task
-    assert not late.success and late.error is not None and late.error.code == ErrorCode.CONFLICT
+    assert not late.success and late.error is not None
+    assert late.error.code == ErrorCode.LEASE_LOST
     assert await state_of_store(store) == before
 
 
@@ -405,10 +415,11 @@ async def test_retry_wait_resumes_at_recorded_deadline(
     fx.plan = ["fail"]
     policy = fast_retry(3, initial_delay_ms=60_000.0, max_delay_ms=120_000.0)
     effects = {"validating": fx.build()}
-    stuck = StuckClock(clock)
+    stuck = StuckClock(clock, over=60)
     a = create_state_machine(
         make_config(store=store, effects=effects, retry_policy=policy, clock=stuck), {}, MID
     )
+    a._lease_owner = dead_owner()  # A's process "dies" below
     task = asyncio.create_task(a.dispatch("START"))
     await stuck.sleeping.wait()  # A "dies" inside its 60 s retry delay
     flight = (await stored(store)).in_flight

@@ -255,14 +255,14 @@ class CheckingStore(MemoryStore):
         self.checked = 0
         self.mismatches: list[tuple[bytes, bytes]] = []
 
-    async def save(self, snapshot: SerializableState, **kw: Any) -> None:
+    async def save(self, snapshot: SerializableState, **kw: Any) -> int | None:
         expected = reference(snapshot)
         blob = encode_snapshot(self.codec, snapshot)  # what the store writes
         got = blob if isinstance(self.codec, JSONCodec) else plaintext(snapshot.machine_id, blob)
         if got != expected or snapshot._json is None:  # the engine's snapshot has the cache
             self.mismatches.append((got, expected))
         self.checked += 1
-        await super().save(snapshot, **kw)
+        return await super().save(snapshot, **kw)
 
 
 def pipeline(store: Any, tape: Tape, **extra: Any) -> StateMachineConfig[Any, Any, Any]:

@@ -138,9 +138,10 @@ class Store(Protocol):
         expected_version: int | None,
         journal: Sequence[JournalRecord] = (),
         workflow: str | None = None,
-    ) -> None:
+    ) -> int | None:
         """Write ``snapshot`` if the stored version is ``expected_version`` (``None``: the
         machine must not exist yet); otherwise raise ``CONFLICT`` and write nothing.
+        Returns ``None`` (a runtime store given a ``lease``: the fencing token).
 
         A store encodes ``snapshot`` before its first ``await``: the engine hands over
         its live lists rather than copies."""

@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .._clock import Clock
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
@@ -22,7 +23,17 @@ from ._base import (
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    Lease,
+    LeaseHeld,
+    event_fields,
+    holds_lease,
+    inbox_event,
+    lease_lost,
+    unknown_machine,
+)
 from ._sqlite import _decode
 
 __all__ = ["MemoryStore"]
@@ -102,10 +113,12 @@ def _now() -> datetime:
 
 class MemoryStore(AsyncOpenClose):
     """Keeps everything in dictionaries; snapshots go through the codec like a real store,
-    so what is loaded is always a validated copy."""
+    so what is loaded is always a validated copy. Leases expire by ``clock`` (the wall
+    clock by default; a test may pass a ``VirtualClock``)."""
 
-    def __init__(self, codec: Codec | None = None) -> None:
+    def __init__(self, codec: Codec | None = None, *, clock: Clock | None = None) -> None:
         self.codec: Codec = codec if codec is not None else JSONCodec()
+        self._time = clock.now if clock is not None else _now
         self._rows: dict[str, _Row] = {}
         self._journal: list[JournalEntry] = []
         self._lock = asyncio.Lock()
@@ -133,22 +146,35 @@ class MemoryStore(AsyncOpenClose):
         workflow: str | None = None,
         token: int | None = None,
         consumed: Sequence[int] = (),
-    ) -> None:
+        lease: Lease | None = None,
+    ) -> int | None:
         mid = snapshot.machine_id
         blob = encode_snapshot(self.codec, snapshot)
         async with self._lock:
             row = self._rows.get(mid)
+            now = self._time()
             if row is not None:  # the lease is checked first: a fenced-out writer learns why
                 if token is not None and row.token != token:
                     raise lease_lost(mid, token)
-                if token is None and row.leased(_now()):
-                    raise lease_lost(mid, None)
+                if token is None and row.leased(now):
+                    if lease is None:
+                        raise lease_lost(mid, None)
+                    if lease.evict is None or row.lease_owner != lease.evict:
+                        raise LeaseHeld(mid, row.lease_owner, row.lease_until)
             found = row.version if row is not None else None
             if found != expected_version:
                 raise conflict(mid, expected_version, found)
             if row is None:
                 row = self._rows[mid] = _Row(workflow)
             row.take(snapshot, blob, workflow)
+            if lease is not None:
+                if not holds_lease(snapshot):
+                    row.lease_owner = row.lease_until = None
+                else:
+                    row.lease_owner = lease.owner
+                    row.lease_until = now + timedelta(milliseconds=lease.ms)
+                    if token is None:  # taking it
+                        row.token += 1
             if consumed:
                 gone, now = set(consumed), _now()
                 for m in row.inbox:
@@ -161,6 +187,7 @@ class MemoryStore(AsyncOpenClose):
                 self._journal.append(
                     JournalEntry(self._seq, mid, snapshot.version, rec.kind, rec.at, row_data)
                 )
+            return row.token if lease is not None else None
 
     async def journal(self, machine_id: str, *, after: int = 0) -> list[JournalEntry]:
         return [e for e in self._journal if e.machine_id == machine_id and e.seq > after]
@@ -214,7 +241,7 @@ class MemoryStore(AsyncOpenClose):
         lease_ms: int,
         workflows: Collection[str] | None = None,
     ) -> list[Claim]:
-        now = _now()
+        now = self._time()
         out: list[Claim] = []
         async with self._lock:
             for mid, row in sorted(self._rows.items()):
@@ -265,7 +292,7 @@ class MemoryStore(AsyncOpenClose):
         return snap
 
     async def renew(self, worker_id: str, leases: Mapping[str, int], lease_ms: int) -> set[str]:
-        now = _now()
+        now = self._time()
         lost: set[str] = set()
         async with self._lock:
             for mid, token in leases.items():

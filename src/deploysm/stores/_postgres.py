@@ -59,7 +59,15 @@ from ._postgres_sql import (
 )
 from ._prune import PruneCounts, check_age
 from ._rows import journal_entry
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    Lease,
+    event_fields,
+    holds_lease,
+    inbox_event,
+    unknown_machine,
+)
 from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
 
@@ -218,12 +226,13 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         workflow: str | None = None,
         token: int | None = None,
         consumed: Sequence[int] = (),
-    ) -> None:
+        lease: Lease | None = None,
+    ) -> int | None:
         """Compare-and-set ``snapshot`` with its journal records and the delivery of the
         ``consumed`` inbox events, in one transaction; ``CONFLICT`` (stale version) or
         ``LEASE_LOST`` (stale ``token``, or another worker's live lease when no token is
-        given; checked before the version, so a fenced-out writer learns why) write
-        nothing."""
+        given: ``LEASE_HELD`` with a ``lease``; checked before the version, so a
+        fenced-out writer learns why) write nothing. With a lease, returns the fencing token."""
         mid = snapshot.machine_id
         sealed = self._seals and bool(journal)
         params = {
@@ -239,6 +248,10 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             "token": token,
             "journal": journal_rows(journal) if journal and not sealed else None,
             "seqs": list(consumed),
+            "hold": None if lease is None else holds_lease(snapshot),
+            "owner": None if lease is None else lease.owner,
+            "lease_ms": None if lease is None else lease.ms,
+            "evict": None if lease is None else lease.evict,
         }
         if sealed:
             params["kinds"] = [r.kind for r in journal]
@@ -252,12 +265,13 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             cur = await conn.execute(query, params, prepare=True)
             row = await cur.fetchone()
             if row is not None and row[0]:
-                return
+                return int(row[1]) if lease is not None else None
             found = None if row is None else row[1:]
-            if not refuses(expected_version, token, found):
+            evict = None if lease is None else lease.evict
+            if not refuses(expected_version, token, found, evict):
                 cur = await conn.execute(self._q["save_found"], {"id": mid})
                 found = await cur.fetchone()
-        raise refusal(mid, expected_version, token, found)
+        raise refusal(mid, expected_version, token, found, lease)
 
     async def load(self, machine_id: str) -> SerializableState | None:
         row = await self._fetchone("load", {"id": machine_id}, f"loading {machine_id!r}")

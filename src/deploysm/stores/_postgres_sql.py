@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .._errors import ErrorCode, StateMachineError
 from .._redact import REDACTED
 from ._base import JournalRecord, conflict
-from ._runtime import lease_lost
+from ._runtime import Lease, LeaseHeld, lease_lost
 
 __all__ = [
     "CHANNEL",
@@ -271,29 +271,43 @@ def check_dsn(dsn: str) -> None:
         ) from None
 
 
-def refuses(expected: int | None, token: int | None, row: tuple[Any, ...] | None) -> bool:
-    """Whether ``row`` (version, fencing token, live lease; ``None``: no row) refuses a
-    save expecting ``expected`` with ``token``. A save's statement reports the row as of
-    its snapshot; when that row would not refuse it, a concurrent writer changed the row
-    after the snapshot (the write itself checks the newest one), so look again."""
+def refuses(
+    expected: int | None, token: int | None, row: tuple[Any, ...] | None, evict: str | None = None
+) -> bool:
+    """Whether ``row`` (version, fencing token, live lease, lease owner, its expiry;
+    ``None``: no row) refuses a save expecting ``expected`` with ``token`` (and an
+    owner it may ``evict``). A save's statement reports the row as of its snapshot;
+    when that row would not refuse it, a concurrent writer changed the row after the
+    snapshot (the write itself checks the newest one), so look again."""
     if row is None:
         return expected is not None
     if expected is None:
         return True
-    version, fencing_token, leased = row
-    lease_ok = fencing_token == token if token is not None else not leased
+    version, fencing_token, leased, owner = row[:4]
+    if token is not None:
+        lease_ok = fencing_token == token
+    else:
+        lease_ok = not leased or (evict is not None and owner == evict)
     return not lease_ok or int(version) != expected
 
 
 def refusal(
-    mid: str, expected: int | None, token: int | None, row: tuple[Any, ...] | None
+    mid: str,
+    expected: int | None,
+    token: int | None,
+    row: tuple[Any, ...] | None,
+    lease: Lease | None = None,
 ) -> StateMachineError:
     """Why a save changed no row, as ``MemoryStore`` says it: the lease first."""
     if row is None:
         return conflict(mid, expected, None)
-    version, fencing_token, leased = row
-    if (token is not None and fencing_token != token) or (token is None and leased):
+    version, fencing_token, leased, owner, until = row
+    if token is not None and fencing_token != token:
         return lease_lost(mid, token)
+    if token is None and leased and (lease is None or owner != lease.evict):
+        if lease is None:
+            return lease_lost(mid, None)
+        return LeaseHeld(mid, owner, until)
     return conflict(mid, expected, int(version))
 
 

@@ -23,8 +23,11 @@ from ._base import Store
 __all__ = [
     "Claim",
     "InboxEvent",
+    "Lease",
+    "LeaseHeld",
     "RuntimeStore",
     "event_fields",
+    "holds_lease",
     "lease_lost",
     "unknown_machine",
 ]
@@ -52,6 +55,41 @@ class InboxEvent:
     seq: int
     event_id: str
     event: Event[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A machine run without a worker leases itself through its saves (``save(...,
+    lease=Lease(...))``): a save of a snapshot with a transition in flight (status
+    ``active``) holds the lease for ``owner`` until ``ms`` from now, and bumps the
+    fencing token when it takes the lease (no ``token`` given); any other save frees
+    it. A save without a token is refused with ``LEASE_HELD`` while another owner's
+    lease is live, unless that owner is ``evict`` (known to be dead)."""
+
+    owner: str
+    ms: int
+    evict: str | None = None
+
+
+class LeaseHeld(StateMachineError):
+    """``LEASE_HELD``: another owner's lease on the machine is live; ``holder`` is that
+    owner, ``until`` when its lease ends (unless renewed)."""
+
+    code = ErrorCode.LEASE_HELD
+
+    def __init__(self, machine_id: str, holder: str | None, until: datetime | None) -> None:
+        when = f" until {until.isoformat()}" if until is not None else ""
+        super().__init__(
+            f"machine {machine_id!r} is being run by {holder!r} (its lease is live{when}); "
+            "nothing was changed: try again once that lease has expired"
+        )
+        self.holder = holder
+        self.until = until
+
+
+def holds_lease(snapshot: SerializableState) -> bool:
+    """Whether saving ``snapshot`` with a ``Lease`` holds the lease (else frees it)."""
+    return snapshot.in_flight is not None and snapshot.status == "active"
 
 
 @runtime_checkable
@@ -110,8 +148,9 @@ class RuntimeStore(Store, Protocol):
 
     # save(...) of a runtime store also takes ``token`` (refuse with LEASE_LOST unless
     # it is the machine's current fencing token; without a token, refuse while another
-    # worker's lease is live) and ``consumed`` (inbox seqs marked delivered in the same
-    # transaction).
+    # worker's lease is live), ``consumed`` (inbox seqs marked delivered in the same
+    # transaction) and ``lease`` (a ``Lease``: see there; then it returns the machine's
+    # fencing token after the write).
 
 
 def event_fields(event: Any, event_id: str | None) -> tuple[str, dict[str, Any]]:
@@ -154,8 +193,8 @@ def inbox_event(seq: int, event_id: str, fields: Mapping[str, Any], at: datetime
 
 def lease_lost(machine_id: str, token: int | None) -> StateMachineError:
     return StateMachineError(
-        f"machine {machine_id!r}: this worker's lease (token {token}) is no longer valid; "
-        "another worker owns the machine, nothing was written",
+        f"machine {machine_id!r}: this writer's lease (token {token}) is no longer valid; "
+        "another owner took the machine over, nothing was written",
         LEASE_LOST,
     )
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,7 +53,7 @@ from ._base import (
 )
 from ._prune import PruneCounts, cutoff, prune_sqlite
 from ._rows import journal_entry, machine_info
-from ._runtime import lease_lost
+from ._runtime import Lease, LeaseHeld, holds_lease, lease_lost
 from ._sealed import MARK, MARKED, SealingStore, seal, sealed, seals, unseal
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
@@ -61,18 +63,47 @@ __all__ = ["SCHEMA_TOO_NEW", "STORE_BUSY", "SQLiteStore"]
 T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+# Parameters: ?1 id, ?2 workflow, ?3 definition_id, ?4 status, ?5 state, ?6 version,
+# ?7 snapshot, ?8 at, ?9 busy, ?10 expected version, ?11 token (or now, without one),
+# ?12 lease owner, ?13 its expiry, ?14 token increment, ?15 an owner to evict.
+_COLUMNS = (
+    "id, workflow, definition_id, status, state, version, snapshot, created_at, updated_at, busy"
+)
 _INSERT = (
-    "INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot,"
-    " created_at, updated_at, busy) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)"
-    " ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO machines ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)"
+    " ON CONFLICT (id) DO NOTHING RETURNING fencing_token"
+)
+_INSERT_HOLDING = (
+    f"INSERT INTO machines ({_COLUMNS}, lease_owner, lease_expires_at, fencing_token)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?12, ?13, ?14)"
+    " ON CONFLICT (id) DO NOTHING RETURNING fencing_token"
 )
 _UPDATE = (
     "UPDATE machines SET workflow = coalesce(?2, workflow), definition_id = ?3, status = ?4,"
     " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9"
-    " WHERE id = ?1 AND version = ?10"
 )
+_HOLD = ", lease_owner = ?12, lease_expires_at = ?13, fencing_token = fencing_token + ?14"
+_FREE = ", lease_owner = NULL, lease_expires_at = NULL"
+_WHERE = " WHERE id = ?1 AND version = ?10"
 _WITH_TOKEN = " AND fencing_token = ?11"
-_NOT_LEASED = " AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?11)"
+_NOT_LEASED = " AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?11"
+_EVICT = " OR lease_owner = ?15"
+_RETURNING = " RETURNING fencing_token"
+
+
+@cache
+def _save_sql(insert: bool, token: bool, lease: bool | None, evict: bool) -> tuple[str, int]:
+    """The statement of a save and how many parameters it takes. ``lease``: ``None``
+    leaves the lease columns alone, ``True`` holds the lease, ``False`` frees it."""
+    if insert:
+        sql = _INSERT_HOLDING if lease else _INSERT
+    else:
+        sql = _UPDATE + {None: "", True: _HOLD, False: _FREE}[lease] + _WHERE
+        sql += _WITH_TOKEN if token else _NOT_LEASED + (_EVICT if evict else "") + ")"
+        sql += _RETURNING
+    return sql, max(int(n) for n in re.findall(r"\?(\d+)", sql))
+
+
 _JOURNAL = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _DELIVER = (
     "UPDATE inbox SET delivered_at = ? WHERE seq = ? AND machine_id = ? AND delivered_at IS NULL"
@@ -224,7 +255,8 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         workflow: str | None = None,
         token: int | None = None,
         consumed: Sequence[int] = (),
-    ) -> None:
+        lease: Lease | None = None,
+    ) -> int | None:
         """Compare-and-set: write ``snapshot`` and its journal records in one transaction
         if the stored version is ``expected_version`` (``None``: the machine must not
         exist yet); otherwise raise ``CONFLICT`` and write nothing. Returns once the
@@ -233,8 +265,9 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
 
         Leases, checked before the version: with ``token``, the save is refused with
         ``LEASE_LOST`` (nothing written) unless it is the machine's current fencing
-        token; without one, while another worker's lease is live. ``consumed`` inbox
-        seqs are marked delivered in the same transaction."""
+        token; without one, while another worker's lease is live (``LEASE_HELD`` when
+        the save has a ``lease``, see ``Lease``). ``consumed`` inbox seqs are marked
+        delivered in the same transaction. With a lease, returns the fencing token."""
         mid = snapshot.machine_id
         blob = encode_snapshot(self.codec, snapshot)
         rows: list[tuple[Any, ...]]
@@ -259,7 +292,11 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         if self._seals is not self._marked or self._writer is None:
             await self._writable()
         writer, _ = await self._ready()
-        await writer.submit(_SaveOp(values, expected_version, rows, token, consumed))
+        op = _SaveOp(values, expected_version, rows, token, consumed)
+        if lease is not None:
+            op.lease, op.holds = lease, holds_lease(snapshot)
+        fencing_token: int = await writer.submit(op)
+        return fencing_token if lease is not None else None
 
     async def load(self, machine_id: str) -> SerializableState | None:
         _, reader = await self._ready()
@@ -327,7 +364,7 @@ class _SaveOp:
     """One save: the compare-and-set, the lease check, the journal and the consumed
     inbox events, in the operation's own SAVEPOINT (all or nothing)."""
 
-    __slots__ = ("consumed", "expected", "journal", "token", "values")
+    __slots__ = ("consumed", "expected", "holds", "journal", "lease", "token", "values")
 
     def __init__(
         self,
@@ -342,22 +379,29 @@ class _SaveOp:
         self.journal = journal
         self.token = token
         self.consumed = tuple(consumed)
+        self.lease: Lease | None = None
+        self.holds = False  # with a lease: hold it (else free it)
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, conn: sqlite3.Connection) -> int:
         mid, expected, token, now = self.values[0], self.expected, self.token, now_us()
-        if expected is None:
-            cur = conn.execute(_INSERT, self.values)
-        elif token is not None:
-            cur = conn.execute(_UPDATE + _WITH_TOKEN, (*self.values, expected, token))
-        else:
-            cur = conn.execute(_UPDATE + _NOT_LEASED, (*self.values, expected, now))
-        if cur.rowcount != 1:
+        lease = self.lease
+        mode = None if lease is None else self.holds
+        evict = lease.evict if lease is not None else None
+        sql, n = _save_sql(expected is None, token is not None, mode, evict is not None)
+        params = (*self.values, expected, now if token is None else token)
+        if n > 11:
+            assert lease is not None
+            until = now + int(lease.ms * 1000)
+            params += (lease.owner, until, int(token is None), evict)
+        rows = conn.execute(sql, params[:n]).fetchall()  # fetched to the end: done
+        if not rows:
             raise self._refusal(conn, now)
         if self.journal:
             conn.executemany(_JOURNAL, self.journal)
         if self.consumed:
             at = self.values[7]
             conn.executemany(_DELIVER, [(at, seq, mid) for seq in self.consumed])
+        return int(rows[0][0])
 
     def _refusal(self, conn: sqlite3.Connection, now: int) -> StateMachineError:
         """Why nothing was written. The lease is checked first, so a fenced-out writer
@@ -370,8 +414,12 @@ class _SaveOp:
         found, current, owner, until = row
         if token is not None and token != current:
             return lease_lost(mid, token)
-        if token is None and owner is not None and until is not None and until > now:
-            return lease_lost(mid, None)
+        lease = self.lease
+        live = owner is not None and until is not None and until > now
+        if token is None and live and (lease is None or owner != lease.evict):
+            if lease is None:
+                return lease_lost(mid, None)
+            return LeaseHeld(mid, owner, datetime.fromtimestamp(until / 1e6, UTC))
         return conflict(mid, self.expected, found)
 
 

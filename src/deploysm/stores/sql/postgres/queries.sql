@@ -7,29 +7,48 @@
 -- save_journal when it has journal records, save_consume when it consumes inbox events,
 -- and save_result. PostgresStore.save puts them together; every part runs or none does.
 
+-- The lease of a machine run without a worker (see Lease in stores/_runtime.py):
+-- %(hold)s NULL leaves the lease columns alone, true holds the lease for %(owner)s for
+-- %(lease_ms)s (bumping the token when no token is given: taking it), false frees it.
+
 -- name: save_insert
 -- A first save (expected_version None): only if no row with this id exists.
 WITH saved AS (
-    INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy)
+    INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy,
+                          lease_owner, lease_expires_at, fencing_token)
     VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s,
-            %(version)s::bigint, %(snapshot)s, %(busy)s)
+            %(version)s::bigint, %(snapshot)s, %(busy)s,
+            CASE WHEN %(hold)s::boolean THEN %(owner)s::text END,
+            CASE WHEN %(hold)s::boolean
+                 THEN now() + %(lease_ms)s::float8 * interval '1 millisecond' END,
+            CASE WHEN %(hold)s::boolean THEN 1 ELSE 0 END)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING id, fencing_token
 )
 
 -- name: save_update
 -- Compare-and-set: the stored version must be the expected one, and the writer must
--- hold the fencing token (with a token) or nobody may hold a live lease (without).
+-- hold the fencing token (with a token) or nobody may hold a live lease (without; but
+-- %(evict)s, an owner known to be dead, may).
 WITH saved AS (
     UPDATE machines
        SET workflow = coalesce(%(workflow)s, workflow), definition_id = %(definition_id)s,
            status = %(status)s, state = %(state)s, version = %(version)s::bigint,
-           snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now()
+           snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now(),
+           lease_owner = CASE WHEN %(hold)s::boolean IS NULL THEN lease_owner
+                              WHEN %(hold)s::boolean THEN %(owner)s::text END,
+           lease_expires_at = CASE
+               WHEN %(hold)s::boolean IS NULL THEN lease_expires_at
+               WHEN %(hold)s::boolean
+               THEN now() + %(lease_ms)s::float8 * interval '1 millisecond' END,
+           fencing_token = fencing_token + CASE
+               WHEN %(hold)s::boolean AND %(token)s::bigint IS NULL THEN 1 ELSE 0 END
      WHERE id = %(id)s AND version = %(expected)s::bigint
        AND CASE WHEN %(token)s::bigint IS NULL
                 THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
+                     OR lease_owner = %(evict)s::text
                 ELSE fencing_token = %(token)s::bigint END
-    RETURNING id
+    RETURNING id, fencing_token
 )
 
 -- name: save_journal
@@ -60,18 +79,23 @@ WITH saved AS (
 )
 
 -- name: save_result
--- One row "true" when the save wrote; else the row as this statement found it (none:
--- no such machine), to tell LEASE_LOST from CONFLICT without another round trip.
-SELECT true, NULL::bigint, NULL::bigint, NULL::boolean FROM saved
+-- One row "true" and the fencing token when the save wrote; else the row as this
+-- statement found it (none: no such machine), to tell LEASE_LOST / LEASE_HELD from
+-- CONFLICT without another round trip.
+SELECT true, fencing_token, NULL::bigint, NULL::boolean, NULL::text, NULL::timestamptz
+  FROM saved
 UNION ALL
 SELECT false, version, fencing_token,
-       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now()
+       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now(),
+       lease_owner, lease_expires_at
   FROM machines WHERE id = %(id)s AND NOT EXISTS (SELECT FROM saved);
 
 -- name: save_found
--- Why a save wrote nothing: the row's version, token and whether a lease is live.
+-- Why a save wrote nothing: the row's version, token, whether a lease is live, its
+-- owner and expiry.
 SELECT version, fencing_token,
-       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now()
+       lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > now(),
+       lease_owner, lease_expires_at
   FROM machines WHERE id = %(id)s;
 
 -- name: load
