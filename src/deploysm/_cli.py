@@ -3,8 +3,8 @@
 Each subcommand is one small function registered with :func:`command`; it gets
 the parsed arguments and returns the exit code. Add a subcommand by writing a
 ``configure`` function (its arguments) and a ``run`` function. Exit codes: 0 ok,
-1 the operation failed (invalid config, deployment rolled back), 2 usage error
-(bad arguments, a TARGET that cannot be loaded), 130 interrupted.
+1 the operation failed (invalid config, a demo deployment that did not finish),
+2 usage error (bad arguments, a TARGET that cannot be loaded), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -124,9 +124,8 @@ def _one_line(error: BaseException) -> str:
 
 
 DEMO_HELP = (
-    "run the seed's blue/green deployment with live progress, kept in a SQLite file: "
-    "interrupt it (Ctrl-C, kill -9) and run it again to resume "
-    "(exit 0 completed, 1 rolled back, 130 interrupted)"
+    "run an example blue/green deployment with live progress, kept in a SQLite file: "
+    "interrupt it (Ctrl-C, kill -9) and run it again to resume"
 )
 DEMO_EPILOG = """\
 The deployment is stored as demo-blue-green-N in --db (default .deploysm/demo.db in
@@ -135,6 +134,12 @@ from where it stopped (an interrupted traffic switch is rolled back and retried)
 finished -> demo-blue-green-N+1 starts. Inspect them with:
   deploysm ls --db .deploysm/demo.db
   deploysm history demo-blue-green-1 --db .deploysm/demo.db
+
+exit status: 0 when the deployment finished: completed, or rolled back (the
+deployment failed, and traffic went back to blue and green was torn down, as the
+workflow is designed to do; with --fail-health this is the expected end); 1 when it
+did not finish (it needs an operator, or the rollback itself failed); 130 when
+interrupted.
 """
 
 
@@ -163,7 +168,8 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fail-health",
         action="store_true",
-        help="make the third health check fail: the deployment ends in rolling_back (exit 1)",
+        help="make the third health check fail: the deployment is rolled back (traffic back "
+        "to blue, green torn down) and ends in rolled_back (exit 0)",
     )
     p.add_argument(
         "--db",

@@ -1,24 +1,27 @@
-"""``deploysm demo``: the seed's blue/green deployment, end to end, with live progress.
+"""``deploysm demo``: the example blue/green deployment, end to end, with live progress.
 
-Time runs ``speed`` times faster than real time (:class:`ScaledClock`), so the
-deployment's 1 s traffic steps and 60 s health-check intervals pass quickly
-while the printed times stay in simulated seconds. The simulated load balancer
-rejects one traffic update (first attempt, at 60%) to show a rollback and retry.
+Waits run ``speed`` times faster than real time (:class:`ScaledClock`), so the
+deployment's 1 s traffic steps and 60 s health-check intervals pass quickly. The
+machine records wall-clock times (the store holds real times); the printed times are
+simulated seconds (:class:`Timeline`: real time the demo ran, times ``speed``). The
+simulated load balancer rejects one traffic update (first attempt, at 60%) to show
+an attempt rolled back and retried. With ``--fail-health`` the third health check
+fails and the deployment is rolled back: all traffic back on blue, green torn down,
+final state ``rolled_back``.
 
 The machine lives in a SQLite file (``.deploysm/demo.db`` by default) as
 ``demo-blue-green-N``. A run first looks at the newest one: still active (the last run
 was interrupted by Ctrl-C or killed) -> it is resumed (:meth:`StateMachine.resume`
 finishes the interrupted transition: the non-idempotent traffic switch is rolled back
 and retried) and driven on; finished -> a new one, ``N + 1``, starts. Simulated time
-goes on from the last journal entry, so the clock jumps over the time the demo was
-down. :func:`build_machine` makes the machine,
+goes on from the last journal entry: the time the demo was down is left out.
+:func:`build_machine` makes the machine,
 :func:`deploysm.examples.blue_green.run_blue_green` advances it from wherever it is,
 :func:`report` prints the outcome.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -28,10 +31,11 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ._config import Hooks, StateMachineConfig
+from ._demo_time import ScaledClock, Timeline, mmss, pauses
 from ._effects import call_maybe_async
 from ._engine import create_state_machine
 from ._errors import StateMachineError
@@ -54,6 +58,7 @@ __all__ = [
     "DemoOptions",
     "DemoSetupError",
     "ScaledClock",
+    "Timeline",
     "run_demo",
 ]
 
@@ -62,34 +67,11 @@ DEFAULT_SEED = 5  # its five simulated health checks all pass
 DEFAULT_DB = ".deploysm/demo.db"
 ID_PREFIX = "demo-blue-green"
 _ID = re.compile(re.escape(ID_PREFIX) + r"-([0-9]+)")
+FINISHED = ("completed", "rolled_back")  # the final states: exit status 0
 
 
 class DemoSetupError(Exception):
     """The demo's store could not be opened (a bad ``--db``)."""
-
-
-class ScaledClock:
-    """A clock ``factor`` times faster than real time, starting at ``start``."""
-
-    __slots__ = ("_factor", "_start", "_t0")
-
-    def __init__(self, factor: float, start: datetime | None = None) -> None:
-        if not factor > 0:
-            raise ValueError(f"speed factor must be > 0, got {factor!r}")
-        self._factor = factor
-        self._start = start if start is not None else datetime.now(UTC)
-        self._t0 = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        """Simulated seconds since ``start``."""
-        return (time.monotonic() - self._t0) * self._factor
-
-    def now(self) -> datetime:
-        return self._start + timedelta(seconds=self.elapsed)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self._factor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +84,22 @@ class DemoOptions:
     codec: Codec | None = None  # e.g. EncryptedCodec: what the store is opened with
 
 
-_STYLES = {"state": "1;32", "retry": "33", "error": "1;31", "time": "2", "rollback": "35"}
+_STYLES = {
+    "state": "1;32",
+    "retry": "33",
+    "error": "1;31",
+    "time": "2",
+    "rollback": "35",
+    "teardown": "35",
+}
 
 
 class Printer:
     """Live progress lines: the machine's hooks plus the effects' progress callback."""
 
-    def __init__(self, out: TextIO, clock: ScaledClock, color: bool) -> None:
+    def __init__(self, out: TextIO, timeline: Timeline, color: bool) -> None:
         self.out = out
-        self.clock = clock
-        self.start = clock.now()
+        self.timeline = timeline
         self.color = color
         self._came_from = ""
 
@@ -120,8 +108,7 @@ class Printer:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color and code else text
 
     def stamp(self, at: datetime | None = None) -> str:
-        s = max(0.0, ((at or self.clock.now()) - self.start).total_seconds())
-        return f"{int(s // 60):02d}:{s % 60:04.1f}"
+        return mmss(self.timeline.seconds(at or datetime.now(UTC)))
 
     def line(self, label: str, text: str, kind: str = "", at: datetime | None = None) -> None:
         stamp = self.style(f"[{self.stamp(at)}]", "time")
@@ -146,7 +133,7 @@ class Printer:
         self.line("retry", f"attempt {attempt} of {state.name} failed: {error}", "retry")
 
     def on_error(self, error: BaseException, state: State[Any], ctx: Any) -> None:
-        self.line("error", f"still in {state.name}: {error}", "error")
+        self.line("error", f"{error} (in {state.name})", "error")
 
     def on_log(self, level: str, message: str, meta: Mapping[str, Any]) -> None:
         if "delay_ms" in meta:  # the retry warning: the delay is known only here
@@ -188,7 +175,7 @@ def build_machine(
     def health_check(ctx: BlueGreenContext) -> bool:
         if options.fail_health:
             return ctx["health_checks_passed"] < 2  # the third check fails
-        return health_rng.random() > 0.1  # the seed's 90% success rate
+        return health_rng.random() > 0.1  # passes 90% of the time
 
     def progress(kind: str, message: str) -> None:
         printer.line(kind, message, kind)
@@ -216,7 +203,8 @@ def build_machine(
 
 
 def report(machine: BlueGreenMachine, printer: Printer, real_s: float, resumed: bool) -> None:
-    """The history (each state, time, attempts, message) and a one-line summary."""
+    """The history (each state, time, attempts, message) and a one-line summary of how
+    the deployment ended."""
     visits = [*machine.get_history(), machine.get_state()]
     lines = ["\nHistory", f"  {'state':<18} {'time':>8}  {'attempts':>8}  message"]
     for s in visits:
@@ -227,15 +215,29 @@ def report(machine: BlueGreenMachine, printer: Printer, real_s: float, resumed: 
         stamp = printer.stamp(s.timestamp)
         lines.append(f"  {s.name:<18} {stamp:>8}  {s.attempts:>8}  {message}".rstrip())
     m = machine.get_metrics()
-    final = machine.get_state().name
-    sim = m.total_duration_ms / 1000.0
+    final = machine.get_state()
+    end = final.timestamp if machine.status != "active" else datetime.now(UTC)
+    sim = printer.timeline.seconds(end)
     retries = "retry" if m.total_retries == 1 else "retries"
     real = f"{real_s:.1f} s real" + (" since resuming" if resumed else "")
-    summary = (
-        f"{final} after {int(sim // 60)}m{sim % 60:04.1f}s of simulated time ({real}), "
+    took = (
+        f"after {int(sim // 60)}m{sim % 60:04.1f}s of simulated time ({real}), "
         f"{m.total_transitions} transitions, {m.total_retries} {retries}"
     )
-    kind = "state" if final == "completed" else "error"
+    ctx = machine.get_context()
+    green, blue = ctx["green_version"], ctx["blue_version"]
+    if final.name == "completed":
+        summary = f"completed {took}; all traffic on green ({green})"
+    elif final.name == "rolled_back":
+        why = visits[-2].data.get("payload") if len(visits) > 1 else None
+        reason = why.get("reason") if isinstance(why, Mapping) else None
+        summary = (
+            f"rolled back {took}: {reason or 'the deployment failed'}; all traffic on blue "
+            f"({blue}), green ({green}) torn down"
+        )
+    else:
+        summary = f"not finished: {machine.status} in {final.name} {took}"
+    kind = "state" if final.name in FINISHED else "error"
     lines.append(f"\nSummary: {printer.style(summary, kind)}")
     printer.write("\n".join(lines))
 
@@ -257,7 +259,8 @@ def _use_color(out: TextIO) -> bool:
 
 
 async def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
-    """Run (or resume) the demo; 0 when the deployment completed, 1 otherwise."""
+    """Run (or resume) the demo; 0 when the deployment finished (``completed``, or
+    ``rolled_back``: traffic back on blue, green torn down), 1 when it did not."""
     stream = out if out is not None else sys.stdout
     logger = logging.getLogger("deploysm")
     if not logger.handlers:  # the hooks print; no "last resort" copies on stderr
@@ -290,26 +293,33 @@ async def _run(store: Store, options: DemoOptions, out: TextIO) -> int:
         end = last.status if last.state == last.status else f"{last.status}, in {last.state}"
         notes.append(f"the last demo {why} ({end}); starting a new one")
     machine_id = last.machine_id if snap is not None and last else f"{ID_PREFIX}-{number + 1}"
-    start, seed, last_kind = None, random.Random(options.seed), ""
+    seed, last_kind = random.Random(options.seed), ""
+    timeline = Timeline(options.speed, datetime.now(UTC))
     if snap is not None:  # simulated time goes on from the last durable record
         entries = await store.journal(machine_id)
-        start = entries[-1].at if entries else snap.current_state.timestamp
         last_kind = entries[-1].kind if entries else ""
+        timeline = Timeline(options.speed, _first_time(snap), pauses(entries, timeline.first))
         seed = random.Random(f"{options.seed}:{snap.version}")  # fresh idempotency keys
-    clock = ScaledClock(options.speed, start)
-    printer = Printer(out, clock, _use_color(out))
+    printer = Printer(out, timeline, _use_color(out))
     machine = build_machine(
-        options, clock, printer, machine_id=machine_id, store=store, engine_random=seed
+        options,
+        ScaledClock(options.speed),
+        printer,
+        machine_id=machine_id,
+        store=store,
+        engine_random=seed,
     )
-    printer.start = _first_time(snap) if snap is not None else machine.get_state().timestamp
+    if snap is None:
+        timeline.first = machine.get_state().timestamp
     per_minute = 60.0 / options.speed
     printer.write(
         "\n".join(
             [
                 "deploysm demo: blue/green deployment of checkout v1.4.2 (blue) -> v1.5.0 "
                 f"(green)\nseed {options.seed}, speed {options.speed:g}x (1 simulated minute = "
-                f"{per_minute:.2f} s); times are simulated mm:ss\nkept in {options.db} as "
-                f"{machine_id}: interrupt it (Ctrl-C, kill -9) and run it again to resume\n",
+                f"{per_minute:.2f} s); times shown are simulated mm:ss\nkept in {options.db} "
+                f"as {machine_id} (with wall-clock times): interrupt it (Ctrl-C, kill -9) and "
+                "run it again to resume\n",
                 *notes,
             ]
         )
@@ -330,7 +340,7 @@ async def _run(store: Store, options: DemoOptions, out: TextIO) -> int:
     if machine.status == "needs_attention":
         printer.line("error", f"needs an operator: deploysm show {machine_id} --db {options.db}")
     report(machine, printer, time.monotonic() - t0, resumed=snap is not None)
-    return 0 if machine.get_state().name == "completed" else 1
+    return 0 if machine.get_state().name in FINISHED else 1
 
 
 def _newest(infos: list[MachineInfo]) -> tuple[int, MachineInfo | None]:
@@ -351,7 +361,7 @@ def _first_time(snap: SerializableState) -> datetime:
 async def _cancel(store: Store, info: MachineInfo, options: DemoOptions) -> str:
     """``--fresh``: cancel the unfinished deployment so that only one is active."""
     clock = ScaledClock(options.speed)
-    printer = Printer(sys.stdout, clock, False)
+    printer = Printer(sys.stdout, Timeline(options.speed, clock.now()), False)
     old = build_machine(options, clock, printer, machine_id=info.machine_id, store=store)
     try:
         snap = await store.load(info.machine_id)

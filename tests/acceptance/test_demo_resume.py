@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 SPEED = "100"  # ~320 simulated seconds in ~3.2 s; a traffic step is 10 ms
 MACHINE = "demo-blue-green-1"
+PAUSE_S = 1.0  # 100 simulated seconds at SPEED, were it counted
 STATES = [
     "idle",
     "preparing_green",
@@ -77,6 +79,7 @@ def interrupt_during_the_switch(db: Path, sig: signal.Signals) -> tuple[int, str
 
 
 def rerun(db: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    time.sleep(PAUSE_S)  # stopped for a while before running it again
     return subprocess.run(
         command(db, *more), capture_output=True, text=True, timeout=60, check=False
     )
@@ -93,8 +96,15 @@ def assert_completed_once_each(out: str, db: Path) -> None:
     history = out[out.index("\nHistory\n") :]
     rows = [m.group(1) for m in re.finditer(r"\n  ([a-z_]+) +\d\d:\d\d\.\d", history)]
     assert rows == STATES
-    assert out.strip().splitlines()[-1].startswith("Summary: completed after ")
+    summary = out.strip().splitlines()[-1]
+    took = re.fullmatch(r"Summary: completed after (\d+)m([0-9.]+)s of simulated time .*", summary)
+    assert took, summary
+    # ~5.5 simulated minutes: the PAUSE_S the demo was stopped is not counted (x100)
+    assert int(took.group(1)) * 60 + float(took.group(2)) < 400
     snap, journal = asyncio.run(stored(db))
+    now = datetime.now(UTC)  # the store keeps wall-clock times, none in the future
+    assert all(e.at <= now for e in journal)
+    assert all(s.timestamp <= now for s in [*snap.history, snap.current_state])
     assert snap.status == "completed"
     assert [s.name for s in snap.history] == STATES[:-1]
     committed = [e.data["to"] for e in journal if e.kind == "committed"]

@@ -1,4 +1,4 @@
-"""The seed's three examples, run end to end on virtual time (no real waiting)."""
+"""The three example workflows, run end to end on virtual time (no real waiting)."""
 
 from __future__ import annotations
 
@@ -151,21 +151,36 @@ async def test_blue_green_seeded_coin_health_checks_run_on_machine_random() -> N
         assert passed == 5
         assert clock.elapsed == 310.0
     else:
-        assert sm.get_state().name == "rolling_back"
+        assert names(sm)[-2:] == ["rolling_back", "rolled_back"]
         assert clock.elapsed == 10.0 + 60.0 * (passed + 1)
 
 
-async def test_failing_health_check_leads_to_health_fail_and_rolling_back() -> None:
+async def test_failing_health_check_rolls_back_to_blue_and_tears_down_green() -> None:
     clock = VirtualClock()
     rec = Recorder()
-    sm = blue_green(clock=clock, rec=rec, health_check=lambda ctx: ctx["health_checks_passed"] < 2)
+    routed: list[int] = []
+    torn_down: list[str] = []
+    sm = blue_green(
+        clock=clock,
+        rec=rec,
+        health_check=lambda ctx: ctx["health_checks_passed"] < 2,
+        route_traffic=lambda ctx, pct: routed.append(pct),
+        teardown_green=lambda ctx: torn_down.append(ctx["green_version"]),
+    )
 
     await bg.run_blue_green(sm)
 
-    assert names(sm)[-3:] == ["testing_green", "switching_traffic", "rolling_back"]
-    assert events(sm)[-1] == "HEALTH_FAIL"
-    assert "Health check failed" in sm.get_state().data["payload"]["reason"]
+    assert names(sm)[-4:] == ["testing_green", "switching_traffic", "rolling_back", "rolled_back"]
+    assert events(sm)[-2:] == ["HEALTH_FAIL", "ROLLBACK"]
+    assert "Health check failed" in sm.get_history()[-1].data["payload"]["reason"]
+    assert sm.get_state().data["message"] == "Traffic back on blue, green torn down"
+    assert sm.is_final()
     assert sm.get_context()["health_checks_passed"] == 2
+    assert sm.get_context()["traffic_percentage"] == 0
+    assert routed == [*range(10, 101, 10), 0]
+    assert torn_down == ["v2"]
+    assert rec.kind("rollback") == ["Routing all traffic back to blue"]
+    assert rec.kind("teardown") == ["Tearing down green v2"]
     assert rec.kind("health")[-1] == "health check 3/5 FAILED"
     m = sm.get_metrics()
     assert m.total_retries == 0  # can_retry=False: a failed health check is final
@@ -186,19 +201,46 @@ async def test_traffic_switch_failure_rolls_traffic_back_to_blue() -> None:
 
     await bg.run_blue_green(sm)
 
-    assert names(sm)[-2:] == ["testing_green", "rolling_back"]
+    assert names(sm)[-3:] == ["testing_green", "rolling_back", "rolled_back"]
     assert sm.get_context()["traffic_percentage"] == 0
-    assert routed == [10, 20, 30, 40, 50, 0] * 3  # three attempts, each rolled back
-    assert len(rec.kind("rollback")) == 3
-    reason = sm.get_state().data["payload"]["reason"]
+    # three attempts, each rolled back; then the deployment's rollback routes 0% again
+    assert routed == [10, 20, 30, 40, 50, 0] * 3 + [0]
+    assert rec.kind("rollback") == ["Reverting traffic to blue"] * 3 + [
+        "Routing all traffic back to blue"
+    ]
+    reason = sm.get_history()[-1].data["payload"]["reason"]
     assert "all 3 attempts failed" in reason
     m = sm.get_metrics()
-    assert (m.total_attempts, m.total_retries, m.total_rollbacks) == (3, 2, 3)
+    # three traffic switch attempts plus the deployment's rollback
+    assert (m.total_attempts, m.total_retries, m.total_rollbacks) == (4, 2, 3)
     assert len(rec.delays_s) == 2
     assert 4.0 <= rec.delays_s[0] <= 6.0  # 5 s +-20%
     assert 8.0 <= rec.delays_s[1] <= 12.0  # 10 s +-20%
     # 4 one-second steps per attempt, plus the two retry delays
     assert clock.elapsed == pytest.approx(3 * 4.0 + sum(rec.delays_s))
+
+
+async def test_a_failing_rollback_is_retried_then_stays_in_rolling_back() -> None:
+    clock = VirtualClock()
+    rec = Recorder()
+    torn_down: list[str] = []
+    sm = blue_green(
+        clock=clock,
+        rec=rec,
+        health_check=always(False),
+        route_traffic=lambda ctx, pct: pct != 0,  # the router refuses to go back to blue
+        teardown_green=lambda ctx: torn_down.append(ctx["green_version"]),
+    )
+
+    await bg.run_blue_green(sm)
+
+    assert sm.get_state().name == "rolling_back"
+    assert (sm.status, sm.is_final()) == ("active", False)
+    assert sm.available_events() == ["ROLLBACK"]  # an operator can try again
+    assert rec.kind("rollback") == ["Routing all traffic back to blue"] * 3
+    assert torn_down == []  # green is not torn down while it still takes traffic
+    assert sm.get_context()["traffic_percentage"] == 100
+    assert len(rec.delays_s) == 2
 
 
 async def test_transient_traffic_failure_is_rolled_back_and_retried() -> None:
@@ -232,7 +274,7 @@ async def test_blue_green_is_deterministic_for_a_seed() -> None:
     first, second = await run(), await run()
     assert first == second
     assert json.loads(json.dumps(first)) == first  # the snapshot (context too) is JSON-safe
-    assert first["current_state"]["name"] in ("completed", "rolling_back")
+    assert first["current_state"]["name"] in ("completed", "rolled_back")
 
 
 async def test_driver_resumes_a_rehydrated_machine() -> None:

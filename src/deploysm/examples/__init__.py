@@ -1,8 +1,9 @@
-"""The seed's three deployment workflows, written with deploysm.
+"""Three deployment workflows, written with deploysm.
 
 * :mod:`deploysm.examples.simple` - validate, deploy, complete (or fail).
 * :mod:`deploysm.examples.blue_green` - prepare green, shift traffic 10%..100%,
-  monitor five health checks; roll back on a bad health check.
+  monitor five health checks; on a bad health check route all traffic back to blue
+  and tear green down.
 * :mod:`deploysm.examples.canary` - 10%, 50%, 100% canary steps judged against
   error-rate and latency thresholds; abort back to 0% on bad metrics.
 

@@ -17,7 +17,7 @@ Progress = Callable[[str, str], object]
 """``progress(kind, message)``: a human-readable line from inside an effect.
 
 ``kind`` says what it is about: ``"attempt"``, ``"traffic"``, ``"health"``,
-``"metrics"``, ``"rollback"`` or ``"step"``. The default logs it (logger
+``"metrics"``, ``"rollback"``, ``"teardown"`` or ``"step"``. The default logs it (logger
 ``deploysm.examples``, level INFO); the demo prints it.
 """
 

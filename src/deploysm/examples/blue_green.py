@@ -1,9 +1,12 @@
-"""The seed's blue/green deployment.
+"""A blue/green deployment.
 
 Traffic moves to green in ten 1 s steps (10%..100%), then five health checks run
-60 s apart. A failed traffic switch is rolled back to 0% (all blue) and retried;
-a failed health check is not retried, and the driver then sends ``HEALTH_FAIL``
-to reach ``rolling_back``::
+60 s apart. A failed traffic switch attempt is rolled back to 0% (all blue) and
+retried; a failed health check is not retried. When a step fails for good the
+driver sends ``HEALTH_FAIL`` to reach ``rolling_back``, then ``ROLLBACK``: its
+effect routes all traffic back to blue and tears green down, and the deployment
+ends in ``rolled_back``. Should that effect fail too (after its retries), the
+machine stays in ``rolling_back`` for an operator::
 
     sm = create_state_machine(blue_green_config(random=Random(7)), new_blue_green_context())
     await run_blue_green(sm)
@@ -39,6 +42,7 @@ __all__ = [
     "BlueGreenState",
     "HealthCheck",
     "RouteTraffic",
+    "TeardownGreen",
     "blue_green_config",
     "new_blue_green_context",
     "run_blue_green",
@@ -53,6 +57,7 @@ BlueGreenState = Literal[
     "monitoring",
     "completed",
     "rolling_back",
+    "rolled_back",
 ]
 BlueGreenEvent = Literal[
     "START",
@@ -85,6 +90,10 @@ RouteTraffic = Callable[[BlueGreenContext, int], MaybeAwaitable[bool | None]]
 """``route_traffic(ctx, pct)``: send ``pct``% of traffic to green (0 = all blue).
 Returning ``False`` or raising fails the traffic switch."""
 
+TeardownGreen = Callable[[BlueGreenContext], MaybeAwaitable[object]]
+"""``teardown_green(ctx)``: remove the green deployment (``ctx["green_version"]``).
+Raising fails the rollback (it is retried: it must be safe to repeat)."""
+
 HEALTH_CHECKS = 5
 HEALTH_CHECK_INTERVAL_S = 60.0
 TRAFFIC_STEP_S = 1.0
@@ -110,11 +119,13 @@ def blue_green_config(
     clock: Clock | None = None,
     random: _random.Random | None = None,
     hooks: Hooks | None = None,
+    teardown_green: TeardownGreen | None = None,
 ) -> StateMachineConfig[BlueGreenState, BlueGreenEvent, BlueGreenContext]:
-    """The seed's ``blue-green-deployment``.
+    """The ``blue-green-deployment`` workflow.
 
-    ``health_check`` defaults to the seed's 90% coin, drawn from ``random`` (the
-    machine's random source, so a seeded run is reproducible).
+    ``health_check`` defaults to a coin that passes 90% of the time, drawn from
+    ``random`` (the machine's random source, so a seeded run is reproducible).
+    ``route_traffic`` and ``teardown_green`` default to doing nothing.
     """
     rng = random if random is not None else _random.Random()
     report = progress if progress is not None else log_progress
@@ -158,7 +169,20 @@ def blue_green_config(
     switch_traffic_effect = (
         effect().execute(switch_traffic).rollback(revert_traffic).set_idempotent(False).build()
     )
+
+    async def roll_back(ctx: BlueGreenContext, state: State[Any]) -> EffectResult:
+        report("rollback", "Routing all traffic back to blue")
+        if not await route(ctx, 0):
+            return EffectResult(False, "router refused 0% to green")
+        ctx["traffic_percentage"] = 0
+        report("teardown", f"Tearing down green {ctx['green_version']}")
+        if teardown_green is not None:
+            await resolve(teardown_green(ctx))
+        return EffectResult(True, "Traffic back on blue, green torn down")
+
     monitor_effect = effect().execute(monitor).set_idempotent(True).build()
+    # routing 0% to green and tearing green down again are harmless: idempotent
+    roll_back_effect = effect().execute(roll_back).set_idempotent(True).build()
 
     transitions: list[Transition[BlueGreenState, BlueGreenEvent]] = [
         Transition("idle", "preparing_green", "START"),
@@ -170,6 +194,7 @@ def blue_green_config(
         Transition(
             ["testing_green", "switching_traffic", "monitoring"], "rolling_back", "HEALTH_FAIL"
         ),
+        Transition("rolling_back", "rolled_back", "ROLLBACK"),
     ]
     return StateMachineConfig(
         id="blue-green-deployment",
@@ -177,7 +202,11 @@ def blue_green_config(
         states=STATES,
         events=EVENTS,
         transitions=transitions,
-        effects={"switching_traffic": switch_traffic_effect, "monitoring": monitor_effect},
+        effects={
+            "switching_traffic": switch_traffic_effect,
+            "monitoring": monitor_effect,
+            "rolled_back": roll_back_effect,
+        },
         retry_policy=RetryPolicy(
             max_attempts=3,
             initial_delay_ms=5000,
@@ -199,8 +228,10 @@ NEXT_EVENT: dict[str, BlueGreenEvent] = {
     "testing_green": "TESTS_PASSED",
     "switching_traffic": "TRAFFIC_SWITCHED",
     "monitoring": "HEALTH_OK",
+    "rolling_back": "ROLLBACK",
 }
-"""The event an operator sends next from each non-final state on the happy path."""
+"""The event an operator sends next from each non-final state (``rolling_back``: on
+the way to ``rolled_back``)."""
 
 
 async def run_blue_green(machine: BlueGreenMachine) -> BlueGreenMachine:
@@ -208,7 +239,9 @@ async def run_blue_green(machine: BlueGreenMachine) -> BlueGreenMachine:
 
     After each success the next event of :data:`NEXT_EVENT` is sent; when a step
     fails (traffic switch, monitoring) ``HEALTH_FAIL`` is sent to reach
-    ``rolling_back``. Stops early if the machine is no longer active.
+    ``rolling_back``, and from there ``ROLLBACK`` rolls the deployment back to
+    ``rolled_back``. Stops early if the machine is no longer active, or stays in
+    ``rolling_back`` if the rollback fails.
     """
     while machine.status == "active" and not machine.is_final():
         result = await machine.dispatch(NEXT_EVENT[machine.get_state().name])
