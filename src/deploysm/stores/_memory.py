@@ -19,6 +19,7 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
@@ -37,6 +38,7 @@ class _Row:
         "cancel",
         "context",
         "definition_id",
+        "error",
         "inbox",
         "lease_owner",
         "lease_until",
@@ -56,6 +58,7 @@ class _Row:
         self.status = "active"
         self.state = ""
         self.definition_id = ""
+        self.error: str | None = None
         self.workflow = workflow
         self.updated_at = _now()
         self.context: Any = None
@@ -74,6 +77,7 @@ class _Row:
         self.status = snap.status
         self.state = snap.current_state.name
         self.definition_id = snap.definition_id
+        self.error = error_text(snap.last_error)
         self.busy = snap.in_flight is not None
         if workflow is not None:
             self.workflow = workflow
@@ -332,7 +336,14 @@ class MemoryStore(AsyncOpenClose):
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         return [
             MachineInfo(
-                mid, r.workflow, r.definition_id, r.status, r.state, r.version, r.updated_at
+                mid,
+                r.workflow,
+                r.definition_id,
+                r.status,
+                r.state,
+                r.version,
+                r.updated_at,
+                r.error,
             )
             for mid, r in sorted(self._rows.items())
             if status is None or r.status == status

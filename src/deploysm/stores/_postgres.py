@@ -40,6 +40,7 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._postgres_sql import (
@@ -60,7 +61,7 @@ from ._postgres_sql import (
 from ._prune import PruneCounts, check_age
 from ._rows import journal_entry
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
-from ._sealed import SealingStore, seal, seals, unseal
+from ._sealed import SealingStore, error_column, read_error, seal, seals, unseal
 from ._sqlite import _decode
 
 __all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
@@ -226,6 +227,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         nothing."""
         mid = snapshot.machine_id
         sealed = self._seals and bool(journal)
+        error = error_column(self.codec, mid, error_text(snapshot.last_error))
         params = {
             "id": mid,
             "workflow": workflow,
@@ -235,6 +237,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             "version": snapshot.version,
             "snapshot": encode_snapshot(self.codec, snapshot),
             "busy": snapshot.in_flight is not None,
+            "last_error": error if isinstance(error, str) else None,
+            "sealed_error": error if isinstance(error, bytes) else None,
             "expected": expected_version,
             "token": token,
             "journal": journal_rows(journal) if journal and not sealed else None,
@@ -496,7 +500,17 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             rows = await self._fetchall("list_all", None, "listing machines")
         else:
             rows = await self._fetchall("list_status", {"status": status}, "listing machines")
+        codec = self.codec
         return [
-            MachineInfo(mid, wf, did, st, state, version, at.astimezone(UTC))
-            for mid, wf, did, st, state, version, at in rows
+            MachineInfo(
+                mid,
+                wf,
+                did,
+                st,
+                state,
+                version,
+                at.astimezone(UTC),
+                read_error(codec, mid, sealed if sealed is not None else error),
+            )
+            for mid, wf, did, st, state, version, at, error, sealed in rows
         ]

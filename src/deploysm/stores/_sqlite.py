@@ -48,11 +48,22 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._prune import PruneCounts, cutoff, prune_sqlite
 from ._rows import journal_entry, machine_info
 from ._runtime import lease_lost
-from ._sealed import MARK, MARKED, SealingStore, seal, sealed, seals, unseal
+from ._sealed import (
+    MARK,
+    MARKED,
+    SealingStore,
+    error_column,
+    read_error,
+    seal,
+    sealed,
+    seals,
+    unseal,
+)
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
 
@@ -61,14 +72,16 @@ __all__ = ["SCHEMA_TOO_NEW", "STORE_BUSY", "SQLiteStore"]
 T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+# The last error is the last parameter: ?10 of an insert, ?12 of an update.
 _INSERT = (
     "INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot,"
-    " created_at, updated_at, busy) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)"
+    " created_at, updated_at, busy, last_error)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _UPDATE = (
     "UPDATE machines SET workflow = coalesce(?2, workflow), definition_id = ?3, status = ?4,"
-    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9"
+    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9, last_error = ?12"
     " WHERE id = ?1 AND version = ?10"
 )
 _WITH_TOKEN = " AND fencing_token = ?11"
@@ -77,7 +90,10 @@ _JOURNAL = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?,
 _DELIVER = (
     "UPDATE inbox SET delivered_at = ? WHERE seq = ? AND machine_id = ? AND delivered_at IS NULL"
 )
-_LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
+_LIST = (
+    "SELECT id, workflow, definition_id, status, state, version, updated_at, last_error"
+    " FROM machines"
+)
 
 
 class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
@@ -256,10 +272,11 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             utc_text(),
             int(snapshot.in_flight is not None),
         )
+        error = error_column(self.codec, mid, error_text(snapshot.last_error))
         if self._seals is not self._marked or self._writer is None:
             await self._writable()
         writer, _ = await self._ready()
-        await writer.submit(_SaveOp(values, expected_version, rows, token, consumed))
+        await writer.submit(_SaveOp(values, expected_version, rows, token, consumed, error))
 
     async def load(self, machine_id: str) -> SerializableState | None:
         _, reader = await self._ready()
@@ -308,7 +325,11 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             rows = cur.fetchall()
         except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
-        return [machine_info(*row) for row in rows]
+        codec = self.codec
+        return [
+            machine_info(mid, wf, did, st, state, version, at, read_error(codec, mid, error))
+            for mid, wf, did, st, state, version, at, error in rows
+        ]
 
     async def prune(self, older_than: timedelta) -> PruneCounts:
         """Remove old journal entries of finished machines and old delivered events, in
@@ -327,7 +348,7 @@ class _SaveOp:
     """One save: the compare-and-set, the lease check, the journal and the consumed
     inbox events, in the operation's own SAVEPOINT (all or nothing)."""
 
-    __slots__ = ("consumed", "expected", "journal", "token", "values")
+    __slots__ = ("consumed", "error", "expected", "journal", "token", "values")
 
     def __init__(
         self,
@@ -336,21 +357,24 @@ class _SaveOp:
         journal: list[tuple[Any, ...]],
         token: int | None = None,
         consumed: Sequence[int] = (),
+        error: str | bytes | None = None,
     ) -> None:
         self.values = values  # id, workflow, definition_id, status, state, version, blob, at, busy
         self.expected = expected
         self.journal = journal
         self.token = token
         self.consumed = tuple(consumed)
+        self.error = error  # the last error's column (text, or sealed bytes)
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         mid, expected, token, now = self.values[0], self.expected, self.token, now_us()
+        error = self.error
         if expected is None:
-            cur = conn.execute(_INSERT, self.values)
+            cur = conn.execute(_INSERT, (*self.values, error))
         elif token is not None:
-            cur = conn.execute(_UPDATE + _WITH_TOKEN, (*self.values, expected, token))
+            cur = conn.execute(_UPDATE + _WITH_TOKEN, (*self.values, expected, token, error))
         else:
-            cur = conn.execute(_UPDATE + _NOT_LEASED, (*self.values, expected, now))
+            cur = conn.execute(_UPDATE + _NOT_LEASED, (*self.values, expected, now, error))
         if cur.rowcount != 1:
             raise self._refusal(conn, now)
         if self.journal:

@@ -10,9 +10,11 @@
 -- name: save_insert
 -- A first save (expected_version None): only if no row with this id exists.
 WITH saved AS (
-    INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy)
+    INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy,
+                          last_error, sealed_error)
     VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s,
-            %(version)s::bigint, %(snapshot)s, %(busy)s)
+            %(version)s::bigint, %(snapshot)s, %(busy)s,
+            %(last_error)s::text, %(sealed_error)s::bytea)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
@@ -24,7 +26,8 @@ WITH saved AS (
     UPDATE machines
        SET workflow = coalesce(%(workflow)s, workflow), definition_id = %(definition_id)s,
            status = %(status)s, state = %(state)s, version = %(version)s::bigint,
-           snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now()
+           snapshot = %(snapshot)s, busy = %(busy)s, updated_at = now(),
+           last_error = %(last_error)s::text, sealed_error = %(sealed_error)s::bytea
      WHERE id = %(id)s AND version = %(expected)s::bigint
        AND CASE WHEN %(token)s::bigint IS NULL
                 THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
@@ -83,11 +86,11 @@ SELECT seq, version, kind, at, data, sealed FROM journal
  ORDER BY seq;
 
 -- name: list_all
-SELECT id, workflow, definition_id, status, state, version, updated_at
+SELECT id, workflow, definition_id, status, state, version, updated_at, last_error, sealed_error
   FROM machines ORDER BY id;
 
 -- name: list_status
-SELECT id, workflow, definition_id, status, state, version, updated_at
+SELECT id, workflow, definition_id, status, state, version, updated_at, last_error, sealed_error
   FROM machines WHERE status = %(status)s ORDER BY id;
 
 -- name: start
