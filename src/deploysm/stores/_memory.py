@@ -23,7 +23,15 @@ from ._base import (
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    already_finished,
+    event_fields,
+    inbox_event,
+    lease_lost,
+    unknown_machine,
+)
 from ._sqlite import _decode
 
 __all__ = ["MemoryStore"]
@@ -207,6 +215,8 @@ class MemoryStore(AsyncOpenClose):
             row = self._rows.get(machine_id)
             if row is None:
                 raise unknown_machine(machine_id)
+            if row.status in _FINISHED:
+                raise already_finished(machine_id, row.status)
             row.cancel = True
         self._notify()
 

@@ -60,7 +60,14 @@ from ._postgres_sql import (
 )
 from ._prune import PruneCounts, check_age
 from ._rows import journal_entry
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    already_finished,
+    event_fields,
+    inbox_event,
+    unknown_machine,
+)
 from ._sealed import SealingStore, error_column, read_error, seal, seals, unseal
 from ._sqlite import _decode
 
@@ -348,8 +355,11 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         params = {"id": machine_id, "channel": CHANNEL}
         async with self._conn(f"cancelling {machine_id!r}") as conn:
             cur = await conn.execute(self._q["request_cancel"], params)
-            if cur.rowcount != 1:
-                raise unknown_machine(machine_id)
+            if cur.rowcount == 1:
+                return
+            cur = await conn.execute(self._q["status"], {"id": machine_id})
+            row = await cur.fetchone()
+        raise unknown_machine(machine_id) if row is None else already_finished(machine_id, row[0])
 
     async def claim(
         self,

@@ -121,10 +121,16 @@ SELECT m.status,
   FROM m;
 
 -- name: request_cancel
+-- Only a machine that has not ended; none asked: see status.
 WITH asked AS (
-    UPDATE machines SET cancel_requested = true WHERE id = %(id)s RETURNING id
+    UPDATE machines SET cancel_requested = true
+     WHERE id = %(id)s AND status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING id
 )
 SELECT pg_notify(%(channel)s, id) IS NULL FROM asked;
+
+-- name: status
+SELECT status FROM machines WHERE id = %(id)s;
 
 -- name: claim
 -- Active machines with work (never run, a transition in flight, a cancel request, a
