@@ -147,3 +147,35 @@ def test_cancel_of_an_active_machine_is_still_requested(db: str) -> None:
     r = cli("cancel", "s-exhausted", "--db", db)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "cancel requested for s-exhausted\n"
+
+
+# -- validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def validate(target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploysm", "validate", f"tests.acceptance.status_app:{target}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_validate_does_not_call_the_compensated_state_unreachable() -> None:
+    r = validate("compensating")
+    assert r.returncode == 0, r.stderr
+    assert "warning:" not in r.stdout, r.stdout
+    assert r.stdout.endswith("0 warning(s))\n")
+
+
+def test_validate_lists_the_problems_of_a_config_refused_when_built() -> None:
+    r = validate("broken")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "error: failure_states names 'deploying', which is not a final state\n" in r.stdout
+    assert r.stdout.endswith("tests.acceptance.status_app:broken: invalid (1 error(s))\n")
+    assert "Traceback" not in r.stderr
