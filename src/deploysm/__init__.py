@@ -7,7 +7,7 @@ import logging as _logging
 from contextlib import suppress as _suppress
 
 from ._clock import Clock, SystemClock, now, sleep
-from ._config import Hooks, StateMachineConfig, TimeoutConfig, Transition
+from ._config import Guard, Hooks, StateMachineConfig, TimeoutConfig, Transition
 from ._diagram import to_dot, to_mermaid
 from ._effects import Effect, EffectBuilder, effect
 from ._engine import StateMachine, create_state_machine
@@ -48,6 +48,7 @@ __all__ = [
     "EffectResult",
     "ErrorCode",
     "Event",
+    "Guard",
     "Hooks",
     "InFlight",
     "RetryExhaustedError",

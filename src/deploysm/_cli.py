@@ -22,9 +22,9 @@ from typing import Any
 
 from . import __version__
 from ._config import StateMachineConfig, coerce_config
-from ._errors import StateMachineError
+from ._errors import ErrorCode, StateMachineError
 from ._printable import printable
-from ._validation import validate
+from ._validation import ValidationReport, validate
 
 __all__ = ["CliError", "main", "say"]
 
@@ -268,8 +268,14 @@ def _configure_validate(p: argparse.ArgumentParser) -> None:
     _configure_validate,
 )
 def _validate(args: argparse.Namespace) -> int:
-    config = load_config(args.target)
-    report = validate(config)
+    try:
+        config: Any = load_config(args.target)
+        report = validate(config)
+    except CliError as e:  # a StateMachineConfig refused as it was built: list why
+        cause = e.__cause__
+        if not isinstance(cause, StateMachineError) or cause.code != ErrorCode.INVALID_CONFIG:
+            raise
+        report = ValidationReport(errors=cause.problems or [cause.message])
     say(*(f"error: {error}" for error in report.errors))
     say(*(f"warning: {warning}" for warning in report.warnings))
     if not report.ok:

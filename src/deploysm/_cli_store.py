@@ -123,25 +123,55 @@ def _ls(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         infos = await store.list(args.status)
         if args.json:
-            print(
-                _dumps([{**dataclasses.asdict(i), "updated_at": _iso(i.updated_at)} for i in infos])
-            )
+            print(_dumps([_ls_json(i) for i in infos]))
             return 0
         if not infos:
             say("no machines" + (f" with status {args.status}" if args.status else ""))
             return 0
         rows = [
-            (i.machine_id, _workflow(i), i.status, i.state, str(i.version), _time(i.updated_at))
+            (
+                i.machine_id,
+                _workflow(i),
+                i.status,
+                i.state,
+                str(i.version),
+                _time(i.updated_at),
+                _short(i.last_error),
+            )
             for i in infos
         ]
-        print(_table(("ID", "WORKFLOW", "STATUS", "STATE", "VERSION", "UPDATED (UTC)"), rows))
+        headers = ("ID", "WORKFLOW", "STATUS", "STATE", "VERSION", "UPDATED (UTC)", "LAST ERROR")
+        print(_table(headers, rows))
         return 0
 
     return _with_store(args, body)
 
 
+def _ls_json(i: MachineInfo) -> dict[str, Any]:
+    """A machine as ``ls --json`` gives it: its workflow named as in the table, its last
+    error in full."""
+    return {
+        **dataclasses.asdict(i),
+        "workflow": i.workflow or i.definition_id or None,
+        "updated_at": _iso(i.updated_at),
+    }
+
+
+_ERROR_WIDTH = 60
+
+
+def _short(error: str | None) -> str:
+    """A last error for the table: one line, escaped, at most ``_ERROR_WIDTH`` long."""
+    if not error:
+        return ""
+    text = printable(" ".join(error.split()))
+    return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
+
+
 def _workflow(i: MachineInfo) -> str:
-    if i.workflow and i.workflow != i.definition_id:
+    """The workflow's name, with the definition id when it differs (a machine that has
+    not run yet has none)."""
+    if i.workflow and i.definition_id and i.workflow != i.definition_id:
         return f"{i.workflow} ({i.definition_id})"
     return i.workflow or i.definition_id
 

@@ -66,7 +66,7 @@ async def commit(
     if key is not None and ct.compensable:
         m._committed.append(CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version))
     m._in_flight = None
-    m._last_error = None
+    prior_error, m._last_error = m._last_error, None
     if hooked:
         await _enter_hooks(m, a, b, ev, new_visit)
     obs = d.observer
@@ -80,7 +80,10 @@ async def commit(
     if store is not None:
         m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
     if ct.to in d.finals:
-        await lifecycle.finish_complete(m)
+        if ct.to in d.failures:
+            lifecycle.finish_failure_state(m, a.name, ev.type, prior_error)
+        else:
+            await lifecycle.finish_complete(m)
     elif d.state_timeout_s is not None:
         timers.arm(m)
     if store is not None or d.persist_state is not None:

@@ -10,23 +10,29 @@ from __future__ import annotations
 import dataclasses
 import random as _random
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._clock import Clock
 from ._effects import Effect
+from ._errors import ErrorCode, StateMachineError
 from ._retry import RetryPolicy
+from ._types import Event
 
 if TYPE_CHECKING:
     from ._definition import Definition
 
-__all__ = ["Hooks", "StateMachineConfig", "TimeoutConfig", "Transition"]
+__all__ = ["Guard", "Hooks", "StateMachineConfig", "TimeoutConfig", "Transition", "invalid_config"]
 
 S = TypeVar("S", bound=str)
 E = TypeVar("E", bound=str)
 C = TypeVar("C")
 
-Guard = Callable[[Any, Any], Any]
+Guard = Callable[[Any, Event[Any]], Any]
+"""A transition's guard: ``guard(context, event)``, sync or async. It receives the
+machine's context and the ``Event`` being dispatched; a truthy result lets the
+transition be taken, a falsy one or an exception refuses it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,18 @@ class Hooks:
 
 @dataclass(eq=False)
 class StateMachineConfig(Generic[S, E, C]):
-    """A workflow definition. Build one and share it between many machines."""
+    """A workflow definition. Build one and share it between many machines.
+
+    Building one checks it: a bad config raises ``StateMachineError`` with code
+    ``INVALID_CONFIG`` listing every problem (as ``create_state_machine`` does).
+
+    ``final_states``: the states that end the machine (default: the states with no
+    outgoing transition). ``failure_states``: those of the final states that mean the
+    workflow failed; entering one makes the machine's status ``failed`` (not
+    ``completed``, and ``on_complete`` is not called). Default: ``["failed"]`` when
+    ``"failed"`` is a final state (the seed's deployment workflow has one), else
+    none; ``[]`` says that no final state is a failure. Each must be a final state.
+    """
 
     id: str
     initial_state: S
@@ -114,7 +131,33 @@ class StateMachineConfig(Generic[S, E, C]):
     store: Any = None
     redact_keys: Sequence[str] | None = None
     lease_ms: int = 30_000
+    failure_states: Sequence[S] | None = None
     _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if _COERCING.get():
+            return
+        from ._validation import check_errors
+
+        cfg, problems = coerce_config(self)
+        if cfg is not None:
+            problems = problems + check_errors(cfg)
+        if problems:
+            raise invalid_config(problems)
+
+
+# True while ``coerce_config`` builds the checked copy of a config it is checking.
+_COERCING: ContextVar[bool] = ContextVar("deploysm_coercing", default=False)
+
+
+def invalid_config(problems: list[str]) -> StateMachineError:
+    """The one error a bad config raises, listing every problem."""
+    listing = "\n".join(f"  - {p}" for p in problems)
+    return StateMachineError(
+        f"invalid state machine config ({len(problems)} problem(s)):\n{listing}",
+        ErrorCode.INVALID_CONFIG,
+        problems=problems,
+    )
 
 
 MISSING: Any = ()  # stands for a required list that was not given at all
@@ -178,7 +221,11 @@ def coerce_config(raw: Any) -> tuple[StateMachineConfig[Any, Any, Any] | None, l
         )
         effects = None
     values["effects"] = effects
-    return StateMachineConfig(**values), problems
+    token = _COERCING.set(True)
+    try:
+        return StateMachineConfig(**values), problems
+    finally:
+        _COERCING.reset(token)
 
 
 def transitions_of(cfg: StateMachineConfig[Any, Any, Any]) -> list[Transition[Any, Any]]:

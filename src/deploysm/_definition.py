@@ -13,12 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Hooks, StateMachineConfig, TimeoutConfig, coerce_config, transitions_of
+from ._config import (
+    Hooks,
+    StateMachineConfig,
+    TimeoutConfig,
+    coerce_config,
+    invalid_config,
+    transitions_of,
+)
 from ._effects import Effect
-from ._errors import ErrorCode, StateMachineError
 from ._observe import Observer
 from ._retry import RetryPolicy
-from ._validation import check_errors, check_warnings, final_states_of
+from ._validation import check_errors, check_warnings, failure_states_of, final_states_of
 from .stores._runtime import RuntimeStore
 
 __all__ = ["CompiledTransition", "Definition", "compile_config"]
@@ -65,6 +71,7 @@ class Definition:
         "effect_timeout_s",
         "event_set",
         "events",
+        "failures",
         "finals",
         "fingerprint",
         "hooks",
@@ -99,6 +106,7 @@ class Definition:
         self.event_set = frozenset(self.events)
         self.initial: str = cfg.initial_state
         self.finals = final_states_of(cfg)
+        self.failures = failure_states_of(cfg)
         effects = dict(cfg.effects or {})
         compiled: list[CompiledTransition] = []
         index: dict[str, dict[str, tuple[CompiledTransition, ...]]] = {}
@@ -177,12 +185,7 @@ def compile_config(raw: Any) -> Definition:
     if cfg is not None:
         problems = problems + check_errors(cfg)
     if cfg is None or problems:
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise StateMachineError(
-            f"invalid state machine config ({len(problems)} problem(s)):\n{listing}",
-            ErrorCode.INVALID_CONFIG,
-            problems=problems,
-        )
+        raise invalid_config(problems)
     definition = Definition(cfg)
     for w in definition.warnings:
         logger.warning("config %r: %s", definition.id, w)

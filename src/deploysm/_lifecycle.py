@@ -12,7 +12,14 @@ from ._saga import compensate_locked
 if TYPE_CHECKING:
     from ._engine import StateMachine
 
-__all__ = ["cancel", "complete", "fail", "finish_cancel", "finish_complete"]
+__all__ = [
+    "cancel",
+    "complete",
+    "fail",
+    "finish_cancel",
+    "finish_complete",
+    "finish_failure_state",
+]
 
 
 async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
@@ -25,6 +32,26 @@ async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
         await m._def.observer.call(
             "on_complete", hooks.on_complete, m._state, m._ctx, m.get_metrics()
         )
+
+
+def finish_failure_state(
+    m: StateMachine[Any, Any, Any], source: str, event: str, prior: dict[str, Any] | None
+) -> None:
+    """The machine entered one of its failure states: it is ``failed``. Its last error
+    is the one its previous state recorded (why it gave up), else a note of the move.
+    No ``on_complete`` (the workflow did not complete) and no ``on_error`` (nothing
+    raised: the workflow chose this state)."""
+    name = m._state.name
+    m._last_error = prior or {
+        "type": "StateMachineError",
+        "code": None,
+        "message": f"entered failure state {name!r} from {source!r} on {event}",
+        "state": name,
+    }
+    m.note("machine_failed", **m._last_error)
+    m._status = "failed"
+    m._metrics.is_failed = True
+    timers.stop(m)
 
 
 async def complete(m: StateMachine[Any, Any, Any]) -> None:

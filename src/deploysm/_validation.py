@@ -88,6 +88,7 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
         for state in finals or ():
             if not _known(state, states):
                 errors.append(f"final_states names unknown state {state!r}")
+        _check_failure_states(cfg, states, errors)
     if cfg.compensated_state is not None and not _known(cfg.compensated_state, states):
         errors.append(f"compensated_state {cfg.compensated_state!r} is not one of the states")
     for name in ("persist_state", "load_state", "validate_context"):
@@ -118,6 +119,26 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
     if isinstance(lease, bool) or not isinstance(lease, int) or lease < 30:
         errors.append(f"lease_ms must be an int of at least 30 (milliseconds), got {lease!r}")
     return errors
+
+
+def _check_failure_states(
+    cfg: StateMachineConfig[Any, Any, Any], states: set[str], errors: list[str]
+) -> None:
+    failures = cfg.failure_states
+    if failures is None:
+        return
+    if isinstance(failures, str | bytes) or not isinstance(failures, Iterable):
+        errors.append("failure_states must be a list of state names")
+        return
+    try:
+        finals: frozenset[str] | None = final_states_of(cfg)
+    except TypeError:  # names that are not even hashable, reported on their own
+        finals = None
+    for state in failures:
+        if not _known(state, states):
+            errors.append(f"failure_states names unknown state {state!r}")
+        elif finals is not None and state not in finals:
+            errors.append(f"failure_states names {state!r}, which is not a final state")
 
 
 def _known(name: Any, names: set[str]) -> bool:
@@ -187,6 +208,14 @@ def final_states_of(cfg: StateMachineConfig[Any, Any, Any]) -> frozenset[str]:
     return frozenset(s for s in cfg.states if s not in has_out)
 
 
+def failure_states_of(cfg: StateMachineConfig[Any, Any, Any]) -> frozenset[str]:
+    """The final states that mean failure: ``failure_states`` when given, else the
+    final state named ``failed`` if there is one."""
+    if cfg.failure_states is not None:
+        return frozenset(cfg.failure_states)
+    return frozenset({"failed"}) & final_states_of(cfg)
+
+
 def _sources(t: Transition[Any, Any]) -> tuple[str, ...]:
     return (t.from_,) if isinstance(t.from_, str) else tuple(t.from_)
 
@@ -202,6 +231,8 @@ def check_warnings(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
             out[s].add(t.to)
             into[t.to].add(s)
     reachable = _closure({cfg.initial_state}, out)
+    if cfg.compensated_state is not None:  # compensate() leads there, not a transition
+        reachable |= _closure({cfg.compensated_state}, out)
     for s in cfg.states:
         if s not in reachable:
             warnings.append(f"state {s!r} is unreachable from {cfg.initial_state!r}")

@@ -160,8 +160,19 @@ async def test_finished_machine_takes_no_new_events(rt: Any, make_snapshot: Make
         await rt.send("m", "START", event_id="late")
     assert info.value.code == ErrorCode.NOT_ACTIVE
     assert await rt.send("m", "START", event_id="early") is False  # a re-send: ignored
-    await rt.request_cancel("m")
     assert await rt.claim("w1", limit=10, lease_ms=LEASE) == []  # pending event, not active
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+async def test_cancel_of_a_finished_machine_is_not_active(
+    rt: Any, make_snapshot: MakeSnapshot, status: str
+) -> None:
+    await saved(rt, make_snapshot, "m", status=status)
+    with pytest.raises(StateMachineError) as info:
+        await rt.request_cancel("m")
+    assert info.value.code == ErrorCode.NOT_ACTIVE
+    assert str(info.value) == f"machine 'm' is already {status}: there is nothing to cancel"
+    assert await rt.cancel_requested("m") is False  # nothing written
 
 
 # ------------------------------------------------------------------------- claims
@@ -193,8 +204,10 @@ async def test_claim_takes_only_active_machines_with_work(
     await rt.send("evt", "START")
     await saved(rt, make_snapshot, "cxl")
     await rt.request_cancel("cxl")
-    await saved(rt, make_snapshot, "done", status="completed")
-    await rt.request_cancel("done")
+    await saved(rt, make_snapshot, "done")
+    await rt.request_cancel("done")  # asked before it completed: an ended machine is not taken
+    done = await make_snapshot("done", version=2, status="completed")
+    await rt.save(done, expected_version=1)
 
     claims = await rt.claim("w1", limit=10, lease_ms=LEASE)
     assert [c.machine_id for c in claims] == ["busy", "cxl", "evt", "fresh", "timer"]

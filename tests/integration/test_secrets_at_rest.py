@@ -84,6 +84,7 @@ class SQLiteKind:
         """Back to the schema before the mark (as an older version left it)."""
         with sqlite3.connect(self.path) as raw:
             raw.execute("DROP TABLE deploysm_meta")
+            raw.execute("ALTER TABLE machines DROP COLUMN last_error")  # 0004, after it
             raw.execute("DELETE FROM deploysm_schema WHERE version >= 3")
         raw.close()
 
@@ -131,6 +132,7 @@ class PostgresKind:
                 sql.SQL(
                     "SET search_path TO {};"
                     " ALTER TABLE machines DROP COLUMN sealed_context;"
+                    " ALTER TABLE machines DROP COLUMN last_error, DROP COLUMN sealed_error;"
                     " ALTER TABLE inbox DROP COLUMN sealed;"
                     " ALTER TABLE journal DROP COLUMN sealed, ALTER COLUMN data SET NOT NULL;"
                     " DROP TABLE deploysm_meta;"

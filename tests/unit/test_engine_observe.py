@@ -64,6 +64,9 @@ async def _run_scenarios(cfg: Any) -> list[Any]:
     await two.dispatch("START")
     await two.cancel()
     outcomes.append((one.get_state().name, two.get_state().name, one.version, two.version))
+    three = create_state_machine(cfg, {"id": 3})  # "failed" fails: complete one by hand
+    await three.complete()
+    outcomes.append((one.status, three.status, three.version))
     return outcomes
 
 
@@ -243,21 +246,24 @@ def _raises_invalid_config(cfg: Any) -> StateMachineError:
 
 async def test_a_bad_config_is_rejected_with_every_problem_listed() -> None:
     eff = effect().execute(lambda c, s: None).set_idempotent(True).build()
-    cfg = deploysm.StateMachineConfig(
-        id="bad",
-        initial_state="nowhere",
-        states=["idle", "idle", "done"],
-        events=["GO", "GO"],
-        transitions=[
+    cfg: dict[str, Any] = {
+        "id": "bad",
+        "initial_state": "nowhere",
+        "states": ["idle", "idle", "done"],
+        "events": ["GO", "GO"],
+        "transitions": [
             Transition("ghost", "done", "GO"),
             Transition("idle", "phantom", "GO"),
             Transition("idle", "done", "NOPE"),
         ],
-        effects={"limbo": eff},
-        retry_policy=RetryPolicy(max_attempts=0, initial_delay_ms=-1, jitter_factor=2.0),
-        timeout=TimeoutConfig(effect_timeout_ms=-5, state_timeout_ms=0, timeout_event="NEVER"),
-    )
+        "effects": {"limbo": eff},
+        "retry_policy": RetryPolicy(max_attempts=0, initial_delay_ms=-1, jitter_factor=2.0),
+        "timeout": TimeoutConfig(effect_timeout_ms=-5, state_timeout_ms=0, timeout_event="NEVER"),
+    }
     err = _raises_invalid_config(cfg)
+    with pytest.raises(StateMachineError) as built:  # the dataclass is checked when built
+        deploysm.StateMachineConfig(**cfg)
+    assert (built.value.code, built.value.problems) == (err.code, err.problems)
     expected = [
         "'idle'",
         "'GO'",

@@ -77,3 +77,9 @@ def test_error_codes_and_timeout_error_is_builtin_timeout() -> None:
 
 def test_testing_module_exports_virtual_clock() -> None:
     assert "VirtualClock" in deploysm.testing.__all__
+
+
+def test_guard_type_is_public() -> None:
+    """Guards are ``guard(context, event)``; their type is exported for annotations."""
+    assert "Guard" in deploysm.__all__
+    assert deploysm.Transition.__dataclass_fields__["guard"].type == "Guard | None"

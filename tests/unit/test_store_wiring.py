@@ -279,7 +279,11 @@ async def test_seed_load_state_returning_none_resumes_nothing(make_config: Any) 
 
 @pytest.mark.parametrize("callable_name", ["persist_state", "load_state"])
 def test_store_plus_seed_callables_is_invalid_config(make_config: Any, callable_name: str) -> None:
-    cfg = make_config(store=MemoryStore(), **{callable_name: lambda *a: None})
+    with pytest.raises(StateMachineError) as exc:  # refused when the config is built
+        make_config(store=MemoryStore(), **{callable_name: lambda *a: None})
+    assert exc.value.code == ErrorCode.INVALID_CONFIG
+    cfg = make_config(store=MemoryStore())
+    setattr(cfg, callable_name, lambda *a: None)  # or set afterwards: refused when used
     with pytest.raises(StateMachineError) as exc:
         create_state_machine(cfg, {})
     assert exc.value.code == ErrorCode.INVALID_CONFIG

@@ -22,6 +22,7 @@ __all__ = [
     "Store",
     "conflict",
     "encode_snapshot",
+    "error_text",
 ]
 
 
@@ -48,7 +49,10 @@ class JournalEntry:
 
 @dataclass(frozen=True, slots=True)
 class MachineInfo:
-    """What ``list()`` tells about a machine without decoding its snapshot."""
+    """What ``list()`` tells about a machine without decoding its snapshot.
+
+    ``last_error``: the snapshot's last error as one line, ``"CODE: message"``
+    (``None`` when it has none), written by ``save`` beside the snapshot."""
 
     machine_id: str
     workflow: str | None
@@ -57,6 +61,18 @@ class MachineInfo:
     state: str
     version: int
     updated_at: datetime
+    last_error: str | None = None
+
+
+def error_text(record: Mapping[str, Any] | None) -> str | None:
+    """A snapshot's ``last_error`` record as the text ``list()`` returns."""
+    if not record:
+        return None
+    message = str(record.get("message") or "")
+    code = record.get("code")
+    if code:
+        return f"{code}: {message}" if message else str(code)
+    return message or str(record.get("type") or "error")
 
 
 @runtime_checkable

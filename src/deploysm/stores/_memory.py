@@ -20,6 +20,7 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
@@ -28,6 +29,7 @@ from ._runtime import (
     InboxEvent,
     Lease,
     LeaseHeld,
+    already_finished,
     event_fields,
     holds_lease,
     inbox_event,
@@ -48,6 +50,7 @@ class _Row:
         "cancel",
         "context",
         "definition_id",
+        "error",
         "inbox",
         "lease_owner",
         "lease_until",
@@ -67,6 +70,7 @@ class _Row:
         self.status = "active"
         self.state = ""
         self.definition_id = ""
+        self.error: str | None = None
         self.workflow = workflow
         self.updated_at = _now()
         self.context: Any = None
@@ -85,6 +89,7 @@ class _Row:
         self.status = snap.status
         self.state = snap.current_state.name
         self.definition_id = snap.definition_id
+        self.error = error_text(snap.last_error)
         self.busy = snap.in_flight is not None
         if workflow is not None:
             self.workflow = workflow
@@ -230,6 +235,8 @@ class MemoryStore(AsyncOpenClose):
             row = self._rows.get(machine_id)
             if row is None:
                 raise unknown_machine(machine_id)
+            if row.status in _FINISHED:
+                raise already_finished(machine_id, row.status)
             row.cancel = True
         self._notify()
 
@@ -359,7 +366,14 @@ class MemoryStore(AsyncOpenClose):
     async def list(self, status: str | None = None) -> list[MachineInfo]:
         return [
             MachineInfo(
-                mid, r.workflow, r.definition_id, r.status, r.state, r.version, r.updated_at
+                mid,
+                r.workflow,
+                r.definition_id,
+                r.status,
+                r.state,
+                r.version,
+                r.updated_at,
+                r.error,
             )
             for mid, r in sorted(self._rows.items())
             if status is None or r.status == status

@@ -40,6 +40,7 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._postgres_sql import (
@@ -63,12 +64,13 @@ from ._runtime import (
     Claim,
     InboxEvent,
     Lease,
+    already_finished,
     event_fields,
     holds_lease,
     inbox_event,
     unknown_machine,
 )
-from ._sealed import SealingStore, seal, seals, unseal
+from ._sealed import SealingStore, error_column, read_error, seal, seals, unseal
 from ._sqlite import _decode
 
 __all__ = ["STORE_UNAVAILABLE", "PostgresStore"]
@@ -235,6 +237,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         fenced-out writer learns why) write nothing. With a lease, returns the fencing token."""
         mid = snapshot.machine_id
         sealed = self._seals and bool(journal)
+        error = error_column(self.codec, mid, error_text(snapshot.last_error))
         params = {
             "id": mid,
             "workflow": workflow,
@@ -244,6 +247,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             "version": snapshot.version,
             "snapshot": encode_snapshot(self.codec, snapshot),
             "busy": snapshot.in_flight is not None,
+            "last_error": error if isinstance(error, str) else None,
+            "sealed_error": error if isinstance(error, bytes) else None,
             "expected": expected_version,
             "token": token,
             "journal": journal_rows(journal) if journal and not sealed else None,
@@ -358,8 +363,11 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         params = {"id": machine_id, "channel": CHANNEL}
         async with self._conn(f"cancelling {machine_id!r}") as conn:
             cur = await conn.execute(self._q["request_cancel"], params)
-            if cur.rowcount != 1:
-                raise unknown_machine(machine_id)
+            if cur.rowcount == 1:
+                return
+            cur = await conn.execute(self._q["status"], {"id": machine_id})
+            row = await cur.fetchone()
+        raise unknown_machine(machine_id) if row is None else already_finished(machine_id, row[0])
 
     async def claim(
         self,
@@ -510,7 +518,17 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             rows = await self._fetchall("list_all", None, "listing machines")
         else:
             rows = await self._fetchall("list_status", {"status": status}, "listing machines")
+        codec = self.codec
         return [
-            MachineInfo(mid, wf, did, st, state, version, at.astimezone(UTC))
-            for mid, wf, did, st, state, version, at in rows
+            MachineInfo(
+                mid,
+                wf,
+                did,
+                st,
+                state,
+                version,
+                at.astimezone(UTC),
+                read_error(codec, mid, sealed if sealed is not None else error),
+            )
+            for mid, wf, did, st, state, version, at, error, sealed in rows
         ]

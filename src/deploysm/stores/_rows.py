@@ -86,8 +86,17 @@ def journal_entry(
 
 
 def machine_info(
-    mid: Any, workflow: Any, definition_id: Any, status: Any, state: Any, version: Any, at: Any
+    mid: Any,
+    workflow: Any,
+    definition_id: Any,
+    status: Any,
+    state: Any,
+    version: Any,
+    at: Any,
+    error: str | None = None,
 ) -> MachineInfo:
+    """A ``machines`` row as ``MachineInfo``; ``error`` is the last error, already read
+    (``_sealed.read_error``)."""
     if (
         type(mid) is str
         and (workflow is None or type(workflow) is str)
@@ -104,7 +113,9 @@ def machine_info(
             pass
         else:
             if when.tzinfo is UTC:
-                return MachineInfo(mid, workflow, definition_id, status, state, version, when)
+                return MachineInfo(
+                    mid, workflow, definition_id, status, state, version, when, error
+                )
     row = f"the machines row of {_shown(mid)}"
     return MachineInfo(
         _text(row, "id", mid),
@@ -114,4 +125,5 @@ def machine_info(
         _text(row, "state", state),
         _int(row, "version", version),
         _time(row, "updated_at", at),
+        error,
     )

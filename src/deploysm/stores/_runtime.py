@@ -27,6 +27,7 @@ __all__ = [
     "LeaseHeld",
     "RuntimeStore",
     "event_fields",
+    "already_finished",
     "holds_lease",
     "lease_lost",
     "unknown_machine",
@@ -108,7 +109,9 @@ class RuntimeStore(Store, Protocol):
         ...
 
     async def request_cancel(self, machine_id: str) -> None:
-        """Ask whichever worker runs (or next claims) the machine to cancel it."""
+        """Ask whichever worker runs (or next claims) the machine to cancel it. Unknown
+        machine: ``UNKNOWN_MACHINE``; one already completed, failed or cancelled:
+        ``NOT_ACTIVE``, nothing written."""
         ...
 
     async def claim(
@@ -196,6 +199,14 @@ def lease_lost(machine_id: str, token: int | None) -> StateMachineError:
         f"machine {machine_id!r}: this writer's lease (token {token}) is no longer valid; "
         "another owner took the machine over, nothing was written",
         LEASE_LOST,
+    )
+
+
+def already_finished(machine_id: str, status: str) -> StateMachineError:
+    """A cancel request for a machine that has ended."""
+    return StateMachineError(
+        f"machine {machine_id!r} is already {status}: there is nothing to cancel",
+        ErrorCode.NOT_ACTIVE,
     )
 
 

@@ -21,7 +21,19 @@ from typing import Any
 from .._errors import ErrorCode, StateMachineError
 from ._base import TEXT_CODECS, Codec, JSONCodec
 
-__all__ = ["MARK", "MARKED", "SealingStore", "keys_required", "seal", "sealed", "seals", "unseal"]
+__all__ = [
+    "ENCRYPTED_ERROR",
+    "MARK",
+    "MARKED",
+    "SealingStore",
+    "error_column",
+    "keys_required",
+    "read_error",
+    "seal",
+    "sealed",
+    "seals",
+    "unseal",
+]
 
 _ENVELOPE = b"DSM1"
 # The marker row, and the query that finds it.
@@ -64,6 +76,31 @@ def unseal(codec: Codec, machine_id: str, blob: Any, what: str) -> dict[str, Any
         return codec.decode(machine_id, blob)
     except StateMachineError as e:
         raise StateMachineError(f"{what} of {machine_id!r} cannot be read: {e}", e.code) from None
+
+
+ENCRYPTED_ERROR = "[encrypted: open the store with its keys to read it]"
+
+
+def error_column(codec: Codec, machine_id: str, text: str | None) -> str | bytes | None:
+    """What a save stores as the machine's last error: the text, or with a sealing
+    codec the codec's bytes of ``{"last_error": text}``."""
+    if text is None or not seals(codec):
+        return text
+    return seal(codec, machine_id, {"last_error": text})
+
+
+def read_error(codec: Codec, machine_id: str, value: Any) -> str | None:
+    """The last error ``error_column`` stored; a sealed one this store cannot read
+    (no keys, a key gone) is ``ENCRYPTED_ERROR``, so that listing never fails on it."""
+    if value is None or isinstance(value, str):
+        return value
+    if not sealed(codec, value):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        text = unseal(codec, machine_id, value, "the last error").get("last_error")
+    except StateMachineError:
+        return ENCRYPTED_ERROR
+    return text if isinstance(text, str) else None
 
 
 def keys_required(where: str) -> StateMachineError:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
@@ -50,11 +49,22 @@ from ._base import (
     MachineInfo,
     conflict,
     encode_snapshot,
+    error_text,
 )
 from ._prune import PruneCounts, cutoff, prune_sqlite
 from ._rows import journal_entry, machine_info
 from ._runtime import Lease, LeaseHeld, holds_lease, lease_lost
-from ._sealed import MARK, MARKED, SealingStore, seal, sealed, seals, unseal
+from ._sealed import (
+    MARK,
+    MARKED,
+    SealingStore,
+    error_column,
+    read_error,
+    seal,
+    sealed,
+    seals,
+    unseal,
+)
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
 from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
 
@@ -65,22 +75,24 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # Parameters: ?1 id, ?2 workflow, ?3 definition_id, ?4 status, ?5 state, ?6 version,
 # ?7 snapshot, ?8 at, ?9 busy, ?10 expected version, ?11 token (or now, without one),
-# ?12 lease owner, ?13 its expiry, ?14 token increment, ?15 an owner to evict.
+# ?12 lease owner, ?13 its expiry, ?14 token increment, ?15 an owner to evict,
+# ?16 the last error (text, or sealed bytes).
 _COLUMNS = (
-    "id, workflow, definition_id, status, state, version, snapshot, created_at, updated_at, busy"
+    "id, workflow, definition_id, status, state, version, snapshot, created_at, updated_at, busy,"
+    " last_error"
 )
 _INSERT = (
-    f"INSERT INTO machines ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)"
+    f"INSERT INTO machines ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?16)"
     " ON CONFLICT (id) DO NOTHING RETURNING fencing_token"
 )
 _INSERT_HOLDING = (
     f"INSERT INTO machines ({_COLUMNS}, lease_owner, lease_expires_at, fencing_token)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?12, ?13, ?14)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?16, ?12, ?13, ?14)"
     " ON CONFLICT (id) DO NOTHING RETURNING fencing_token"
 )
 _UPDATE = (
     "UPDATE machines SET workflow = coalesce(?2, workflow), definition_id = ?3, status = ?4,"
-    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9"
+    " state = ?5, version = ?6, snapshot = ?7, updated_at = ?8, busy = ?9, last_error = ?16"
 )
 _HOLD = ", lease_owner = ?12, lease_expires_at = ?13, fencing_token = fencing_token + ?14"
 _FREE = ", lease_owner = NULL, lease_expires_at = NULL"
@@ -92,8 +104,8 @@ _RETURNING = " RETURNING fencing_token"
 
 
 @cache
-def _save_sql(insert: bool, token: bool, lease: bool | None, evict: bool) -> tuple[str, int]:
-    """The statement of a save and how many parameters it takes. ``lease``: ``None``
+def _save_sql(insert: bool, token: bool, lease: bool | None, evict: bool) -> str:
+    """The statement of a save (it takes all 16 parameters). ``lease``: ``None``
     leaves the lease columns alone, ``True`` holds the lease, ``False`` frees it."""
     if insert:
         sql = _INSERT_HOLDING if lease else _INSERT
@@ -101,14 +113,17 @@ def _save_sql(insert: bool, token: bool, lease: bool | None, evict: bool) -> tup
         sql = _UPDATE + {None: "", True: _HOLD, False: _FREE}[lease] + _WHERE
         sql += _WITH_TOKEN if token else _NOT_LEASED + (_EVICT if evict else "") + ")"
         sql += _RETURNING
-    return sql, max(int(n) for n in re.findall(r"\?(\d+)", sql))
+    return sql
 
 
 _JOURNAL = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _DELIVER = (
     "UPDATE inbox SET delivered_at = ? WHERE seq = ? AND machine_id = ? AND delivered_at IS NULL"
 )
-_LIST = "SELECT id, workflow, definition_id, status, state, version, updated_at FROM machines"
+_LIST = (
+    "SELECT id, workflow, definition_id, status, state, version, updated_at, last_error"
+    " FROM machines"
+)
 
 
 class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
@@ -289,10 +304,11 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             utc_text(),
             int(snapshot.in_flight is not None),
         )
+        error = error_column(self.codec, mid, error_text(snapshot.last_error))
         if self._seals is not self._marked or self._writer is None:
             await self._writable()
         writer, _ = await self._ready()
-        op = _SaveOp(values, expected_version, rows, token, consumed)
+        op = _SaveOp(values, expected_version, rows, token, consumed, error)
         if lease is not None:
             op.lease, op.holds = lease, holds_lease(snapshot)
         fencing_token: int = await writer.submit(op)
@@ -345,7 +361,11 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             rows = cur.fetchall()
         except (sqlite3.Error, UnicodeEncodeError) as e:
             raise store_error(e) from e
-        return [machine_info(*row) for row in rows]
+        codec = self.codec
+        return [
+            machine_info(mid, wf, did, st, state, version, at, read_error(codec, mid, error))
+            for mid, wf, did, st, state, version, at, error in rows
+        ]
 
     async def prune(self, older_than: timedelta) -> PruneCounts:
         """Remove old journal entries of finished machines and old delivered events, in
@@ -364,7 +384,7 @@ class _SaveOp:
     """One save: the compare-and-set, the lease check, the journal and the consumed
     inbox events, in the operation's own SAVEPOINT (all or nothing)."""
 
-    __slots__ = ("consumed", "expected", "holds", "journal", "lease", "token", "values")
+    __slots__ = ("consumed", "error", "expected", "holds", "journal", "lease", "token", "values")
 
     def __init__(
         self,
@@ -373,6 +393,7 @@ class _SaveOp:
         journal: list[tuple[Any, ...]],
         token: int | None = None,
         consumed: Sequence[int] = (),
+        error: str | bytes | None = None,
     ) -> None:
         self.values = values  # id, workflow, definition_id, status, state, version, blob, at, busy
         self.expected = expected
@@ -381,19 +402,28 @@ class _SaveOp:
         self.consumed = tuple(consumed)
         self.lease: Lease | None = None
         self.holds = False  # with a lease: hold it (else free it)
+        self.error = error  # the last error's column (text, or sealed bytes)
 
     def __call__(self, conn: sqlite3.Connection) -> int:
         mid, expected, token, now = self.values[0], self.expected, self.token, now_us()
         lease = self.lease
         mode = None if lease is None else self.holds
         evict = lease.evict if lease is not None else None
-        sql, n = _save_sql(expected is None, token is not None, mode, evict is not None)
-        params = (*self.values, expected, now if token is None else token)
-        if n > 11:
-            assert lease is not None
-            until = now + int(lease.ms * 1000)
-            params += (lease.owner, until, int(token is None), evict)
-        rows = conn.execute(sql, params[:n]).fetchall()  # fetched to the end: done
+        sql = _save_sql(expected is None, token is not None, mode, evict is not None)
+        owner = until = None
+        if lease is not None:
+            owner, until = lease.owner, now + int(lease.ms * 1000)
+        params = (
+            *self.values,
+            expected,
+            now if token is None else token,
+            owner,
+            until,
+            int(token is None),
+            evict,
+            self.error,
+        )
+        rows = conn.execute(sql, params).fetchall()  # fetched to the end: done
         if not rows:
             raise self._refusal(conn, now)
         if self.journal:

@@ -41,7 +41,14 @@ from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import Codec, conflict
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    already_finished,
+    event_fields,
+    inbox_event,
+    unknown_machine,
+)
 from ._sealed import seal, unseal
 from ._sqlite_writer import utc_text
 
@@ -156,9 +163,13 @@ def _send(
 
 
 def _request_cancel(conn: sqlite3.Connection, mid: str) -> None:
-    sql = "UPDATE machines SET cancel_requested = 1 WHERE id = ?"
+    sql = (
+        "UPDATE machines SET cancel_requested = 1"
+        " WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')"
+    )
     if conn.execute(sql, (mid,)).rowcount != 1:
-        raise unknown_machine(mid)
+        row = conn.execute("SELECT status FROM machines WHERE id = ?", (mid,)).fetchone()
+        raise unknown_machine(mid) if row is None else already_finished(mid, row[0])
 
 
 def _candidates(conn: sqlite3.Connection, now: int, limit: int, workflows: str | None) -> list[Any]:

@@ -15,13 +15,14 @@
 -- A first save (expected_version None): only if no row with this id exists.
 WITH saved AS (
     INSERT INTO machines (id, workflow, definition_id, status, state, version, snapshot, busy,
-                          lease_owner, lease_expires_at, fencing_token)
+                          lease_owner, lease_expires_at, fencing_token, last_error, sealed_error)
     VALUES (%(id)s, %(workflow)s, %(definition_id)s, %(status)s, %(state)s,
             %(version)s::bigint, %(snapshot)s, %(busy)s,
             CASE WHEN %(hold)s::boolean THEN %(owner)s::text END,
             CASE WHEN %(hold)s::boolean
                  THEN now() + %(lease_ms)s::float8 * interval '1 millisecond' END,
-            CASE WHEN %(hold)s::boolean THEN 1 ELSE 0 END)
+            CASE WHEN %(hold)s::boolean THEN 1 ELSE 0 END,
+            %(last_error)s::text, %(sealed_error)s::bytea)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, fencing_token
 )
@@ -42,7 +43,8 @@ WITH saved AS (
                WHEN %(hold)s::boolean
                THEN now() + %(lease_ms)s::float8 * interval '1 millisecond' END,
            fencing_token = fencing_token + CASE
-               WHEN %(hold)s::boolean AND %(token)s::bigint IS NULL THEN 1 ELSE 0 END
+               WHEN %(hold)s::boolean AND %(token)s::bigint IS NULL THEN 1 ELSE 0 END,
+           last_error = %(last_error)s::text, sealed_error = %(sealed_error)s::bytea
      WHERE id = %(id)s AND version = %(expected)s::bigint
        AND CASE WHEN %(token)s::bigint IS NULL
                 THEN lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= now()
@@ -107,11 +109,11 @@ SELECT seq, version, kind, at, data, sealed FROM journal
  ORDER BY seq;
 
 -- name: list_all
-SELECT id, workflow, definition_id, status, state, version, updated_at
+SELECT id, workflow, definition_id, status, state, version, updated_at, last_error, sealed_error
   FROM machines ORDER BY id;
 
 -- name: list_status
-SELECT id, workflow, definition_id, status, state, version, updated_at
+SELECT id, workflow, definition_id, status, state, version, updated_at, last_error, sealed_error
   FROM machines WHERE status = %(status)s ORDER BY id;
 
 -- name: start
@@ -142,10 +144,16 @@ SELECT m.status,
   FROM m;
 
 -- name: request_cancel
+-- Only a machine that has not ended; none asked: see status.
 WITH asked AS (
-    UPDATE machines SET cancel_requested = true WHERE id = %(id)s RETURNING id
+    UPDATE machines SET cancel_requested = true
+     WHERE id = %(id)s AND status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING id
 )
 SELECT pg_notify(%(channel)s, id) IS NULL FROM asked;
+
+-- name: status
+SELECT status FROM machines WHERE id = %(id)s;
 
 -- name: claim
 -- Active machines with work (never run, a transition in flight, a cancel request, a
