@@ -27,6 +27,7 @@ from ._definition import Definition, compile_config
 from ._engine import StateMachine
 from ._errors import ErrorCode, StateMachineError
 from ._leased import LeasedStore
+from ._runner import HandBack
 from .stores._runtime import Claim, RuntimeStore
 
 __all__ = ["Worker"]
@@ -90,6 +91,13 @@ class Worker:
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         renewer = loop.create_task(self._renew_forever())
+        logger.info(
+            "worker %s started: workflows %s, concurrency %d, lease %d ms",
+            self.worker_id,
+            ", ".join(sorted(self.workflows)),
+            self.concurrency,
+            self.lease_ms,
+        )
         try:
             while not self._stopping:
                 if self._write_pause:  # a machine's write failed: give the store time
@@ -112,9 +120,18 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._stopped.set()
+            logger.info("worker %s stopped after %d runs", self.worker_id, self.processed)
 
     async def stop(self) -> None:
-        """Ask :meth:`run` to finish: no new claims, running transitions complete."""
+        """Ask :meth:`run` to finish: no new claims, running transitions complete (a
+        machine waiting out a retry delay is handed back at once, due at its deadline)."""
+        if not self._stopping:
+            logger.info(
+                "worker %s stopping: no new claims; %d running machine(s) finish their "
+                "transition and go back",
+                self.worker_id,
+                len(self._running),
+            )
         self._stopping = True
         self._stop_asked.set()
         if self._wake is not None:
@@ -201,7 +218,7 @@ class Worker:
                 # our own lease ran out under a slow run: keep running it
                 running[1].token = claim.token
                 continue
-            view = LeasedStore(self.store, claim.token)
+            view = LeasedStore(self.store, claim.token, self._stop_asked)
             task = asyncio.get_running_loop().create_task(self._run_claim(claim, view))
             self._running[claim.machine_id] = (task, view, _PENDING)
             task.add_done_callback(functools.partial(self._done, claim.machine_id))
@@ -247,6 +264,54 @@ class Worker:
         return definition
 
     async def _run_claim(self, claim: Claim, view: LeasedStore) -> None:
+        try:
+            await self._run_machine(claim, view)
+        except HandBack:
+            await self._hand_back(claim, view)
+        except Exception as e:
+            if not _cannot_run(e):
+                raise
+            await self._park(claim, view, e)
+
+    async def _hand_back(self, claim: Claim, view: LeasedStore) -> None:
+        """Stopping while the machine waits out a durable retry delay: give its lease back
+        now, due again at the recorded retry time."""
+        sm = self._running[claim.machine_id][2]
+        flight = sm._in_flight
+        due = flight.next_retry_at if flight is not None else None
+        sm.stop_state_timer()
+        view.released = True
+        if await self.store.release(claim.machine_id, view.token, wake_at=due):
+            due_text = due.isoformat(timespec="milliseconds") if due is not None else "now"
+            logger.info(
+                "handed back while waiting to retry; due again at %s",
+                due_text,
+                extra=_about(claim, attempt=flight.attempt if flight is not None else None),
+            )
+
+    async def _park(self, claim: Claim, view: LeasedStore, error: Exception) -> None:
+        """A machine this worker holds but cannot run: parked with its error, its lease
+        given back, so that it is neither retried forever nor held."""
+        sm = self._running[claim.machine_id][2]
+        if sm is not _PENDING:
+            sm.stop_state_timer()
+        view.released = True
+        if not isinstance(error, StateMachineError):
+            text = f"{type(error).__name__}: {error}"
+            error = StateMachineError(text, ErrorCode.CANNOT_RUN)
+        park = getattr(self.store, "park", None)
+        if park is None or not await park(claim.machine_id, view.token, error):
+            logger.error("%s", error.message, extra=_about(claim, code=error.code))
+            return
+        logger.error(
+            "parked (needs_attention): the worker cannot run it: %s; fix the workflow or "
+            "the data, then `deploysm unpark %s`",
+            error.message,
+            claim.machine_id,
+            extra=_about(claim, code=error.code),
+        )
+
+    async def _run_machine(self, claim: Claim, view: LeasedStore) -> None:
         definition = self._definition(claim.workflow)
         context = claim.context if claim.snapshot is None else {}
         sm: StateMachine[Any, Any, Any] = StateMachine(definition, context, claim.machine_id)
@@ -285,6 +350,14 @@ class Worker:
                 await _persist(sm)
         if not sm._stale:
             self._write_failed(claim.machine_id, sm._write_error)
+        if sm.status == "needs_attention" and not sm._stale:
+            error = sm._last_error or {}
+            logger.error(
+                "parked (needs_attention): %s; decide with `deploysm resolve %s`",
+                error.get("message", "an operator must decide"),
+                claim.machine_id,
+                extra=_about(claim, code=error.get("code")),
+            )
         await self._settle_timer(sm)
         deadline = sm._state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done
@@ -342,6 +415,17 @@ class Worker:
         return installed
 
 
+def _cannot_run(error: Exception) -> bool:
+    """Whether ``error`` says this machine cannot be run (its data or its workflow),
+    rather than that the store failed (retried, or the worker stops)."""
+    return not isinstance(error, StateMachineError) or error.code not in _STORE_CODES
+
+
+def _about(claim: Claim, **fields: Any) -> dict[str, Any]:
+    """The ``extra`` of a log record about one machine."""
+    return {"machine_id": claim.machine_id, "fields": {"workflow": claim.workflow, **fields}}
+
+
 async def _first(*waits: Awaitable[Any]) -> None:
     """Wait until the first of ``waits`` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
@@ -364,3 +448,6 @@ async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
 
 _PENDING: Any = object()
 _RETRIED = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.STORE_BUSY, ErrorCode.PERSISTENCE_ERROR)
+_STORE_CODES = frozenset(
+    (*_RETRIED, ErrorCode.LEASE_LOST, ErrorCode.KEYS_REQUIRED, ErrorCode.SCHEMA_TOO_NEW)
+)

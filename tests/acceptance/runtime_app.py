@@ -23,3 +23,25 @@ def pipeline() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
 
 
 WORKFLOWS = {"pipeline": pipeline}
+
+
+def flaky() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
+    """The first attempt fails; the retry, 4 s later, succeeds."""
+
+    def step(ctx: dict[str, Any], state: deploysm.State[str]) -> None:
+        if state.attempts < 2:
+            raise RuntimeError("first attempt fails")
+
+    eff = deploysm.effect().execute(step).set_idempotent(True).build()
+    return deploysm.StateMachineConfig(
+        id="flaky",
+        initial_state="a",
+        states=["a", "b"],
+        events=["GO"],
+        transitions=[deploysm.Transition("a", "b", "GO")],
+        effects={"b": eff},
+        retry_policy={"max_attempts": 3, "initial_delay_ms": 4000, "jitter_factor": 0},
+    )
+
+
+WORKFLOWS_WITH_RETRIES = {"pipeline": pipeline, "flaky": flaky}

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
+from . import _parking as parking
 from ._base import Codec, conflict
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
@@ -98,6 +99,10 @@ _RELEASE = (
     " WHERE id = ? AND fencing_token = ?"
 )
 _PARK = "UPDATE machines SET status = ? WHERE id = ? RETURNING version"
+_PARK_HELD = (
+    "UPDATE machines SET status = ?, lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE id = ? AND fencing_token = ? RETURNING version"
+)
 _NOTE = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
@@ -201,6 +206,14 @@ def _park(conn: sqlite3.Connection, mid: str, error: StateMachineError) -> None:
     ((version,),) = conn.execute(_PARK, (PARKED, mid)).fetchall()
     _note(conn, mid, version, UNREADABLE, reason(error))
     log_parked(mid, error)
+
+
+def _park_held(conn: sqlite3.Connection, mid: str, token: int, error: StateMachineError) -> bool:
+    row = conn.execute(_PARK_HELD, (PARKED, mid, token)).fetchone()
+    if row is None:
+        return False
+    _note(conn, mid, row[0], parking.UNRUNNABLE, reason(error))
+    return True
 
 
 def _unpark(
@@ -385,6 +398,11 @@ class SQLiteRuntime:
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
         return out
+
+    async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
+        """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
+        ``False`` (nothing written) when that lease is no longer held."""
+        return await self.run_write(lambda c: _park_held(c, machine_id, token, error))
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while

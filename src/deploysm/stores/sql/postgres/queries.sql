@@ -223,7 +223,7 @@ INSERT INTO journal (machine_id, version, kind, at, data)
 SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM parked;
 
 -- name: parked_row
-SELECT status, snapshot, sealed_context FROM machines WHERE id = %(id)s;
+SELECT status, snapshot, sealed_context, start_context IS NOT NULL FROM machines WHERE id = %(id)s;
 
 -- name: unpark
 -- Back to the status its snapshot has, only if nothing changed since it was read.
