@@ -218,6 +218,12 @@ class Worker:
                 # our own lease ran out under a slow run: keep running it
                 running[1].token = claim.token
                 continue
+            if claim.taken_from is not None and claim.taken_from != self.worker_id:
+                logger.warning(
+                    "taken over from worker %s, whose lease expired (it stopped or stalled)",
+                    claim.taken_from,
+                    extra=_about(claim),
+                )
             view = LeasedStore(self.store, claim.token, self._stop_asked)
             task = asyncio.get_running_loop().create_task(self._run_claim(claim, view))
             self._running[claim.machine_id] = (task, view, _PENDING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 import deploysm
@@ -44,4 +46,21 @@ def flaky() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
     )
 
 
-WORKFLOWS_WITH_RETRIES = {"pipeline": pipeline, "flaky": flaky}
+def slow() -> deploysm.StateMachineConfig[str, str, dict[str, Any]]:
+    """An effect that takes $SLOW_EFFECT_S seconds (0 when unset)."""
+
+    async def step(ctx: dict[str, Any], state: deploysm.State[str]) -> None:
+        await asyncio.sleep(float(os.environ.get("SLOW_EFFECT_S", "0")))
+
+    eff = deploysm.effect().execute(step).set_idempotent(True).build()
+    return deploysm.StateMachineConfig(
+        id="slow",
+        initial_state="a",
+        states=["a", "b"],
+        events=["GO"],
+        transitions=[deploysm.Transition("a", "b", "GO")],
+        effects={"b": eff},
+    )
+
+
+WORKFLOWS_WITH_RETRIES = {"pipeline": pipeline, "flaky": flaky, "slow": slow}

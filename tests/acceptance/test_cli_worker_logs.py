@@ -46,14 +46,14 @@ def kinds(db: Path, mid: str) -> list[str]:
     ]
 
 
-def worker(db: Path, *args: str) -> subprocess.Popen[str]:
+def worker(db: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "deploysm", "worker", "--app", APP, "--poll-ms", "50", *args]
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(db),
+        env={**_env(db), **(env or {})},
         cwd=ROOT,
     )
 
@@ -172,3 +172,17 @@ def test_sigterm_during_a_retry_delay_gives_the_lease_back_at_once(tmp_path: Pat
     wait_for(lambda: status(db, "m1") == "completed", second, within=15)
     stop(second)
     assert kinds(db, "m1").count("committed") == 1
+
+
+def test_taking_over_the_machine_of_a_killed_worker_is_logged(tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    started(db, "slow", "m1", "GO")
+    doomed = worker(db, "--lease-ms", "1000", "--worker-id", "doomed", env={"SLOW_EFFECT_S": "60"})
+    wait_for(lambda: "intent" in kinds(db, "m1"), doomed)
+    doomed.kill()  # SIGKILL: its lease stays until it expires
+    doomed.communicate(timeout=20)
+
+    heir = worker(db, "--lease-ms", "1000")
+    wait_for(lambda: status(db, "m1") == "completed", heir)
+    err = stop(heir)
+    assert "m1: taken over from worker doomed, whose lease expired" in err, err

@@ -232,12 +232,12 @@ class MemoryStore(AsyncOpenClose):
                     except StateMachineError as e:
                         self._park(mid, row, e)
                         continue
-                row.lease_owner = worker_id
+                old, row.lease_owner = row.lease_owner, worker_id
                 row.lease_until = now + timedelta(milliseconds=lease_ms)
                 row.token += 1
                 row.wake_at = None
                 wf = row.workflow or row.definition_id
-                out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel))
+                out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel, old))
         return out
 
     def _park(self, mid: str, row: _Row, error: StateMachineError) -> None:

@@ -369,7 +369,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         }
         rows = await self._fetchall("claim", params, "claiming machines")
         out: list[Claim] = []
-        for mid, workflow, token, blob, context, cancel, sealed in sorted(rows):
+        for mid, workflow, token, blob, context, cancel, sealed, old in sorted(rows):
             try:
                 snap = None if blob is None else _decode(self.codec, mid, blob)
                 if sealed is not None:
@@ -378,7 +378,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
                 await self._park(mid, int(token), e, UNREADABLE)
                 log_parked(mid, e)
                 continue
-            out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel)))
+            out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel), old))
         return out
 
     async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:

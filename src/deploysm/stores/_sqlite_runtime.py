@@ -75,7 +75,8 @@ WITH work(id) AS (
     UNION SELECT id FROM machines WHERE wake_at IS NOT NULL AND wake_at <= :now
     UNION SELECT machine_id FROM inbox WHERE delivered_at IS NULL
 )
-SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested
+SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested,
+       m.lease_owner
   FROM work JOIN machines AS m ON m.id = work.id
  WHERE m.status = 'active'
    AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= :now)
@@ -186,7 +187,7 @@ def _claim(
     until = now + int(lease_ms * 1000)
     rows = _candidates(conn, now, limit, workflows)
     out: list[Claim] = []
-    for mid, workflow, definition_id, blob, context, cancel in rows:
+    for mid, workflow, definition_id, blob, context, cancel, old in rows:
         try:
             snap = None if blob is None else decode(mid, blob)
             ctx = None if context is None else context_of(mid, context)
@@ -194,7 +195,7 @@ def _claim(
             _park(conn, mid, e)
             continue
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
-        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel)))
+        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel), old))
     return out
 
 
