@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _recovery as recovery
+from . import _worker_exits as exits
 from ._backoff import Backoff, unfixable
 from ._config import StateMachineConfig
 from ._definition import Definition, compile_config
@@ -219,11 +220,7 @@ class Worker:
                 running[1].token = claim.token
                 continue
             if claim.taken_from is not None and claim.taken_from != self.worker_id:
-                logger.warning(
-                    "taken over from worker %s, whose lease expired (it stopped or stalled)",
-                    claim.taken_from,
-                    extra=_about(claim),
-                )
+                exits.log_takeover(claim)
             view = LeasedStore(self.store, claim.token, self._stop_asked)
             task = asyncio.get_running_loop().create_task(self._run_claim(claim, view))
             self._running[claim.machine_id] = (task, view, _PENDING)
@@ -273,49 +270,11 @@ class Worker:
         try:
             await self._run_machine(claim, view)
         except HandBack:
-            await self._hand_back(claim, view)
+            await exits.hand_back(self.store, claim, view, self._running[claim.machine_id][2])
         except Exception as e:
-            if not _cannot_run(e):
+            if not exits.cannot_run(e):
                 raise
-            await self._park(claim, view, e)
-
-    async def _hand_back(self, claim: Claim, view: LeasedStore) -> None:
-        """Stopping while the machine waits out a durable retry delay: give its lease back
-        now, due again at the recorded retry time."""
-        sm = self._running[claim.machine_id][2]
-        flight = sm._in_flight
-        due = flight.next_retry_at if flight is not None else None
-        sm.stop_state_timer()
-        view.released = True
-        if await self.store.release(claim.machine_id, view.token, wake_at=due):
-            due_text = due.isoformat(timespec="milliseconds") if due is not None else "now"
-            logger.info(
-                "handed back while waiting to retry; due again at %s",
-                due_text,
-                extra=_about(claim, attempt=flight.attempt if flight is not None else None),
-            )
-
-    async def _park(self, claim: Claim, view: LeasedStore, error: Exception) -> None:
-        """A machine this worker holds but cannot run: parked with its error, its lease
-        given back, so that it is neither retried forever nor held."""
-        sm = self._running[claim.machine_id][2]
-        if sm is not _PENDING:
-            sm.stop_state_timer()
-        view.released = True
-        if not isinstance(error, StateMachineError):
-            text = f"{type(error).__name__}: {error}"
-            error = StateMachineError(text, ErrorCode.CANNOT_RUN)
-        park = getattr(self.store, "park", None)
-        if park is None or not await park(claim.machine_id, view.token, error):
-            logger.error("%s", error.message, extra=_about(claim, code=error.code))
-            return
-        logger.error(
-            "parked (needs_attention): the worker cannot run it: %s; fix the workflow or "
-            "the data, then `deploysm unpark %s`",
-            error.message,
-            claim.machine_id,
-            extra=_about(claim, code=error.code),
-        )
+            await exits.park(self.store, claim, view, self._running[claim.machine_id][2], e)
 
     async def _run_machine(self, claim: Claim, view: LeasedStore) -> None:
         definition = self._definition(claim.workflow)
@@ -357,13 +316,7 @@ class Worker:
         if not sm._stale:
             self._write_failed(claim.machine_id, sm._write_error)
         if sm.status == "needs_attention" and not sm._stale:
-            error = sm._last_error or {}
-            logger.error(
-                "parked (needs_attention): %s; decide with `deploysm resolve %s`",
-                error.get("message", "an operator must decide"),
-                claim.machine_id,
-                extra=_about(claim, code=error.get("code")),
-            )
+            exits.log_needs_attention(claim, sm)
         await self._settle_timer(sm)
         deadline = sm._state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done
@@ -421,17 +374,6 @@ class Worker:
         return installed
 
 
-def _cannot_run(error: Exception) -> bool:
-    """Whether ``error`` says this machine cannot be run (its data or its workflow),
-    rather than that the store failed (retried, or the worker stops)."""
-    return not isinstance(error, StateMachineError) or error.code not in _STORE_CODES
-
-
-def _about(claim: Claim, **fields: Any) -> dict[str, Any]:
-    """The ``extra`` of a log record about one machine."""
-    return {"machine_id": claim.machine_id, "fields": {"workflow": claim.workflow, **fields}}
-
-
 async def _first(*waits: Awaitable[Any]) -> None:
     """Wait until the first of ``waits`` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
@@ -454,6 +396,3 @@ async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
 
 _PENDING: Any = object()
 _RETRIED = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.STORE_BUSY, ErrorCode.PERSISTENCE_ERROR)
-_STORE_CODES = frozenset(
-    (*_RETRIED, ErrorCode.LEASE_LOST, ErrorCode.KEYS_REQUIRED, ErrorCode.SCHEMA_TOO_NEW)
-)
