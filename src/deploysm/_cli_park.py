@@ -13,30 +13,21 @@ import argparse
 from typing import Any
 
 from ._cli import command, say
-from ._cli_store import _dumps, _iso, _store_args, _with_store, _workflow
+from ._cli_store import _describe, _dumps, _iso, _store_args, _with_store, _workflow
 from ._errors import ErrorCode, StateMachineError
+from ._snapshot import SerializableState
 from .stores import MachineInfo, Store
-from .stores._parking import UNREADABLE
+from .stores._parking import UNREADABLE, UNRUNNABLE
 
-__all__ = ["show_parked"]
+__all__ = ["show_parked", "show_unrunnable"]
 
 
 async def show_parked(store: Store, info: MachineInfo, error: StateMachineError, js: bool) -> int:
     """``show`` of a machine whose snapshot cannot be read: why, and what to do."""
-    entries = [e for e in await store.journal(info.machine_id) if e.kind == UNREADABLE]
-    why = str(entries[-1].data.get("message")) if entries else error.message
+    why = await _why(store, info, UNREADABLE)
     if js:
-        out: dict[str, Any] = {
-            "machine_id": info.machine_id,
-            "workflow": info.workflow,
-            "status": info.status,
-            "updated_at": _iso(info.updated_at),
-            "unreadable": error.message,
-            "parked_because": why if entries else None,
-            "snapshot": None,
-        }
-        print(_dumps(out))
-        return 0
+        return _print_json(info, unreadable=error.message, parked_because=why, snapshot=None)
+    why = why or error.message
     say(
         f"machine      {info.machine_id}",
         f"workflow     {_workflow(info)}",
@@ -46,6 +37,44 @@ async def show_parked(store: Store, info: MachineInfo, error: StateMachineError,
         "to fix       make the snapshot readable (e.g. supply its key with --keys-env), "
         f"then: deploysm unpark {info.machine_id}",
     )
+    return 0
+
+
+async def show_unrunnable(
+    store: Store, info: MachineInfo, snap: SerializableState | None, js: bool
+) -> int:
+    """``show`` of a machine a worker parked because it could not run it."""
+    why = await _why(store, info, UNRUNNABLE) or "unknown"
+    if js:
+        data = snap.to_dict() if snap is not None else None
+        return _print_json(info, parked_because=why, snapshot=data)
+    lines = [f"machine      {info.machine_id}", f"workflow     {_workflow(info)}"]
+    if snap is not None:
+        lines = [line for line in _describe(snap, info) if not line.startswith("status ")]
+    lines[2:2] = [
+        f"status       {info.status} (parked: the worker cannot run it)",
+        f"why          {why}",
+        f"to fix       fix the workflow or the data, then: deploysm unpark {info.machine_id}",
+    ]
+    say(*lines)
+    return 0
+
+
+async def _why(store: Store, info: MachineInfo, kind: str) -> str | None:
+    """The message of the machine's last journal record of ``kind`` (why it was parked)."""
+    entries = [e for e in await store.journal(info.machine_id) if e.kind == kind]
+    return str(entries[-1].data.get("message")) if entries else None
+
+
+def _print_json(info: MachineInfo, **fields: Any) -> int:
+    out: dict[str, Any] = {
+        "machine_id": info.machine_id,
+        "workflow": info.workflow,
+        "status": info.status,
+        "updated_at": _iso(info.updated_at),
+        **fields,
+    }
+    print(_dumps(out))
     return 0
 
 

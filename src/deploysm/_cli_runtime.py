@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -19,6 +18,7 @@ from ._cli_keys import add_keys_arg, codec_from
 from ._config import StateMachineConfig
 from ._duration import describe_duration, parse_duration
 from ._errors import StateMachineError
+from ._logsetup import FORMATS, LEVELS, log_to_stderr
 from ._worker import Worker
 from .stores import open_store
 from .stores._runtime import RuntimeStore
@@ -226,12 +226,25 @@ def _configure_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-id", metavar="NAME")
     p.add_argument("--lease-ms", type=int, default=30_000, metavar="MS")
     p.add_argument("--poll-ms", type=int, default=1_000, metavar="MS")
+    p.add_argument(
+        "--log-level",
+        choices=sorted(LEVELS, key=LEVELS.__getitem__),
+        default="info",
+        help="what goes to stderr: info is one line per transition, retry, rollback, park "
+        "and lease hand-over (default: info)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=sorted(FORMATS),
+        default="text",
+        help="text lines, or one JSON object per line (default: text)",
+    )
 
 
 @command("worker", "run machines out of the store until SIGTERM", _configure_worker)
 def _worker(args: argparse.Namespace) -> int:
     workflows = load_app(args.app)
-    _log_to_stderr()
+    log_to_stderr(args.log_level, args.log_format)
 
     async def body(store: RuntimeStore) -> int:
         if isinstance(store, SealingStore):  # no keys for an encrypted store: stop now
@@ -254,15 +267,3 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, body)
-
-
-def _log_to_stderr() -> None:
-    """A worker runs unattended: its warnings and errors (a store that failed and is
-    retried, a parked machine) go to stderr, one line each."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger("deploysm")
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.WARNING:
-        root.setLevel(logging.WARNING)

@@ -197,6 +197,10 @@ def _show(args: argparse.Namespace) -> int:
             return await show_parked(store, info, e, args.json)
         if snap is None and info is None:
             raise _not_found(args)
+        if info is not None and info.status == PARKED and (snap is None or snap.status != PARKED):
+            from ._cli_park import show_unrunnable
+
+            return await show_unrunnable(store, info, snap, args.json)
         if args.json:
             out: dict[str, Any] = {"machine_id": args.machine_id}
             if info is not None:
@@ -299,6 +303,7 @@ _SUMMARY = {
     "compensation_failed": "compensation of {state} failed (key {key})",
     "unreadable": "parked: its snapshot cannot be read: {message}",
     "unparked": "unparked by an operator: {status} again",
+    "unrunnable": "parked: the worker cannot run it: {message}",
 }
 
 

@@ -53,6 +53,7 @@ class ErrorCode:
     INVALID_DURATION = "INVALID_DURATION"
     CORRUPT_ROW = "CORRUPT_ROW"
     INVALID_TEXT = "INVALID_TEXT"
+    CANNOT_RUN = "CANNOT_RUN"
 
 
 class StateMachineError(Exception):

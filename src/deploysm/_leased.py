@@ -3,6 +3,7 @@ events the machine consumed since its last save."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +17,15 @@ __all__ = ["LeasedStore"]
 class LeasedStore:
     """What a machine run by a worker writes through."""
 
-    __slots__ = ("_consumed", "_store", "released", "token")
+    __slots__ = ("_consumed", "_store", "handback", "released", "token")
 
-    def __init__(self, store: RuntimeStore, token: int) -> None:
+    def __init__(
+        self, store: RuntimeStore, token: int, handback: asyncio.Event | None = None
+    ) -> None:
         self._store = store
         self.token = token
         self.released = False  # the worker is handing the lease back
+        self.handback = handback  # set: the worker stops; a retry delay hands the machine back
         self._consumed: list[int] = []
 
     def consume(self, seq: int) -> None:

@@ -60,14 +60,20 @@ class Observer:
     async def log(
         self, level: str, message: str, metadata: Mapping[str, Any] | None = None
     ) -> None:
-        """Log through the stdlib logger and ``on_log``; metadata is redacted.
+        """Log through the stdlib logger and ``on_log``; metadata is redacted. A stdlib
+        record carries the machine id and the other metadata in its ``extra``
+        (``machine_id``, ``fields``; see ``_logsetup``).
 
         Callers check :meth:`enabled` first so nothing is formatted for nobody."""
         meta = self.redactor.redact_mapping(dict(metadata)) if metadata else {}
         text = self.redactor.redact_text(message)
         lvl = _LEVELS[level]
         if logger.isEnabledFor(lvl):
-            logger.log(lvl, "%s %s", text, meta if meta else "")
+            machine_id = meta.pop("machine_id", None)
+            extra = {"machine_id": machine_id, "fields": meta}
+            logger.log(lvl, "%s", text, extra=extra)
+            if machine_id is not None:
+                meta["machine_id"] = machine_id
         if self.on_log is not None:
             await self.call("on_log", self.on_log, level, text, meta)
 

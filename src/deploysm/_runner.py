@@ -25,7 +25,16 @@ from ._types import EffectResult, Event, State, TransitionResult, make_state
 if TYPE_CHECKING:
     from ._engine import StateMachine
 
-__all__ = ["Run", "drive", "error_fields", "fail", "rollback", "run_transition", "start_attempt"]
+__all__ = [
+    "HandBack",
+    "Run",
+    "drive",
+    "error_fields",
+    "fail",
+    "rollback",
+    "run_transition",
+    "start_attempt",
+]
 
 
 class Run:
@@ -175,7 +184,7 @@ async def _attempts(
         remaining = (run.wait_until - d.clock.now()).total_seconds()
         run.wait_until = None
         if remaining > 0:
-            await d.clock.sleep(remaining)
+            await _retry_wait(m, remaining)
         await start_attempt(m, flight)
         flight.started_at = d.clock.now()
     started = flight.started_at  # the first attempt starts when the intent was made
@@ -228,9 +237,15 @@ async def _before_retry(
     if obs.enabled("warning"):
         await obs.log(
             "warning",
-            f"attempt {run.attempt} of {ct.source} -> {ct.to} failed: "
-            f"{type(error).__name__}: {obs.error_text(error)}; retrying in {delay_ms:.0f} ms",
-            {"machine_id": m._machine_id, "attempt": run.attempt, "delay_ms": delay_ms},
+            f"{ct.source} -> {ct.to}: attempt {run.attempt} of {policy.max_attempts} failed: "
+            f"{type(error).__name__}: {obs.error_text(error)}; retrying in "
+            f"{delay_ms / 1000:.3g} s",
+            {
+                "machine_id": m._machine_id,
+                "attempt": run.attempt,
+                "max_attempts": policy.max_attempts,
+                "delay_ms": round(delay_ms, 3),
+            },
         )
     flight = m._in_flight
     assert flight is not None
@@ -241,8 +256,36 @@ async def _before_retry(
         flight.next_retry_at = d.clock.now() + timedelta(milliseconds=delay_ms)
         m.note("retry_scheduled", attempt=run.attempt, delay_ms=round(delay_ms, 3))
         await _persist_or_raise(m)
-    await d.clock.sleep(delay_ms / 1000.0)
+    await _retry_wait(m, delay_ms / 1000.0)
     await start_attempt(m, flight)
+
+
+class HandBack(BaseException):
+    """The worker running the machine is stopping: the machine waits out a retry delay
+    that is durable (its deadline is in the stored snapshot), so it is handed back now
+    rather than held until the delay is over; nothing more is written."""
+
+
+async def _retry_wait(m: StateMachine[Any, Any, Any], seconds: float) -> None:
+    """Sleep out a recorded retry delay; raise :class:`HandBack` if the worker that runs
+    the machine stops first (its store view carries the ``handback`` event)."""
+    handback: asyncio.Event | None = getattr(m._store, "handback", None)
+    clock = m._def.clock
+    if handback is None:
+        await clock.sleep(seconds)
+        return
+    if handback.is_set():
+        raise HandBack
+    sleep = asyncio.ensure_future(clock.sleep(seconds))
+    stop = asyncio.ensure_future(handback.wait())
+    try:
+        await asyncio.wait((sleep, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleep, stop):
+            t.cancel()
+        await asyncio.gather(sleep, stop, return_exceptions=True)
+    if not sleep.done() or sleep.cancelled():
+        raise HandBack
 
 
 async def start_attempt(m: StateMachine[Any, Any, Any], flight: InFlight) -> None:
@@ -294,6 +337,13 @@ async def rollback(
         return err
     m._metrics.total_rollbacks += 1
     m.note("rollback", attempt=target.attempts, key=target.idempotency_key)
+    obs = m._def.observer
+    if obs.enabled("info"):
+        await obs.log(
+            "info",
+            f"rolled back attempt {target.attempts} of {eff.label}",
+            {"machine_id": m._machine_id, "attempt": target.attempts},
+        )
     return None
 
 

@@ -21,12 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _recovery as recovery
+from . import _worker_exits as exits
 from ._backoff import Backoff, unfixable
 from ._config import StateMachineConfig
 from ._definition import Definition, compile_config
 from ._engine import StateMachine
 from ._errors import ErrorCode, StateMachineError
 from ._leased import LeasedStore
+from ._runner import HandBack
 from .stores._runtime import Claim, RuntimeStore
 
 __all__ = ["Worker"]
@@ -90,6 +92,13 @@ class Worker:
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         renewer = loop.create_task(self._renew_forever())
+        logger.info(
+            "worker %s started: workflows %s, concurrency %d, lease %d ms",
+            self.worker_id,
+            ", ".join(sorted(self.workflows)),
+            self.concurrency,
+            self.lease_ms,
+        )
         try:
             while not self._stopping:
                 if self._write_pause:  # a machine's write failed: give the store time
@@ -112,9 +121,18 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._stopped.set()
+            logger.info("worker %s stopped after %d runs", self.worker_id, self.processed)
 
     async def stop(self) -> None:
-        """Ask :meth:`run` to finish: no new claims, running transitions complete."""
+        """Ask :meth:`run` to finish: no new claims, running transitions complete (a
+        machine waiting out a retry delay is handed back at once, due at its deadline)."""
+        if not self._stopping:
+            logger.info(
+                "worker %s stopping: no new claims; %d running machine(s) finish their "
+                "transition and go back",
+                self.worker_id,
+                len(self._running),
+            )
         self._stopping = True
         self._stop_asked.set()
         if self._wake is not None:
@@ -201,7 +219,9 @@ class Worker:
                 # our own lease ran out under a slow run: keep running it
                 running[1].token = claim.token
                 continue
-            view = LeasedStore(self.store, claim.token)
+            if claim.taken_from is not None and claim.taken_from != self.worker_id:
+                exits.log_takeover(claim)
+            view = LeasedStore(self.store, claim.token, self._stop_asked)
             task = asyncio.get_running_loop().create_task(self._run_claim(claim, view))
             self._running[claim.machine_id] = (task, view, _PENDING)
             task.add_done_callback(functools.partial(self._done, claim.machine_id))
@@ -247,6 +267,16 @@ class Worker:
         return definition
 
     async def _run_claim(self, claim: Claim, view: LeasedStore) -> None:
+        try:
+            await self._run_machine(claim, view)
+        except HandBack:
+            await exits.hand_back(self.store, claim, view, self._running[claim.machine_id][2])
+        except Exception as e:
+            if not exits.cannot_run(e):
+                raise
+            await exits.park(self.store, claim, view, self._running[claim.machine_id][2], e)
+
+    async def _run_machine(self, claim: Claim, view: LeasedStore) -> None:
         definition = self._definition(claim.workflow)
         context = claim.context if claim.snapshot is None else {}
         sm: StateMachine[Any, Any, Any] = StateMachine(definition, context, claim.machine_id)
@@ -285,6 +315,8 @@ class Worker:
                 await _persist(sm)
         if not sm._stale:
             self._write_failed(claim.machine_id, sm._write_error)
+        if sm.status == "needs_attention" and not sm._stale:
+            exits.log_needs_attention(claim, sm)
         await self._settle_timer(sm)
         deadline = sm._state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done

@@ -170,3 +170,34 @@ async def test_never_run_machine_whose_start_context_cannot_be_read_is_parked(
     (claim,) = await rt.claim("w1", limit=10, lease_ms=LEASE)
     assert claim.machine_id == "fresh" and claim.snapshot is None
     assert claim.context == {"secret": "s3"}
+
+
+async def test_a_worker_parks_a_machine_it_holds_but_cannot_run(
+    make_store: MakeStore, make_snapshot: MakeSnapshot
+) -> None:
+    rt = await make_store()
+    await _with_event(rt, make_snapshot, "a")
+    await rt.start("wf", "fresh", ["not", "an", "object"])
+    claims = {c.machine_id: c for c in await rt.claim("w1", limit=10, lease_ms=LEASE)}
+    assert sorted(claims) == ["a", "fresh"]
+    why = StateMachineError("snapshot context is invalid: not an object", "INVALID_SNAPSHOT")
+
+    for mid, claim in claims.items():
+        assert await rt.park(mid, claim.token + 1, why) is False  # not this lease's token
+        assert await _status(rt, mid) == "active"
+        assert await rt.park(mid, claim.token, why) is True
+        assert await _status(rt, mid) == "needs_attention"
+        last = (await rt.journal(mid))[-1]
+        assert last.kind == "unrunnable"
+        assert last.data == {"code": "INVALID_SNAPSHOT", "message": why.message}
+    assert (await rt.load("a")) is not None  # the snapshot stays as it was
+    # parked: no claim takes it, and the lease is free (no expiry to wait for)
+    assert await rt.claim("w2", limit=10, lease_ms=LEASE) == []
+    item = await rt.next_event("a")
+    assert item is not None and item.event_id == "a-1"
+
+    snap = await rt.unpark("a")  # fixed (e.g. the workflow is right again): back it goes
+    assert snap is not None and snap.status == "active"
+    assert await rt.unpark("fresh") is None
+    taken = await rt.claim("w2", limit=10, lease_ms=LEASE)
+    assert sorted(c.machine_id for c in taken) == ["a", "fresh"]

@@ -481,3 +481,14 @@ def _in_flight() -> InFlight:
         idempotency_key="k-1",
         started_at=datetime(2024, 5, 1, tzinfo=UTC),
     )
+
+
+async def test_a_claim_names_the_worker_whose_expired_lease_it_took(rt: Any) -> None:
+    await rt.start("wf", "m", {})
+    await rt.start("wf", "n", {})
+    first = {c.machine_id: c for c in await rt.claim("w1", limit=5, lease_ms=100)}
+    assert [c.taken_from for c in first.values()] == [None, None]
+    assert await rt.release("n", first["n"].token, wake_at=None)  # given back: free
+    await asyncio.sleep(0.15)  # the lease of m expires, w1 never gave it back
+    taken = {c.machine_id: c.taken_from for c in await rt.claim("w2", limit=5, lease_ms=LEASE)}
+    assert taken == {"m": "w1", "n": None}

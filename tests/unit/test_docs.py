@@ -52,3 +52,19 @@ def test_documented_code_runs(name: str, index: int, code: str) -> None:
         assert printed.strip() == (
             "[('release-0', 'live'), ('release-1', 'live'), ('release-2', 'live')]"
         )
+
+
+@pytest.mark.slow
+def test_documented_code_type_checks_strictly(tmp_path: Path) -> None:
+    """Every block passes ``mypy --strict``, as a user who copies it runs it: one mypy
+    run over all the blocks, each in a module of its own."""
+    api = pytest.importorskip("mypy.api")
+    files = []
+    for name, index, code in BLOCKS:
+        path = tmp_path / f"{Path(name).stem.replace('-', '_').lower()}_{index}.py"
+        path.write_text(code)
+        files.append(str(path))
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".cache"), *files]
+    )
+    assert status == 0, out + err

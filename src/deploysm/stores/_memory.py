@@ -11,6 +11,7 @@ from .._clock import Clock
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
+from . import _parking as parking
 from ._base import (
     AsyncOpenClose,
     Codec,
@@ -265,12 +266,12 @@ class MemoryStore(AsyncOpenClose):
                     except StateMachineError as e:
                         self._park(mid, row, e)
                         continue
-                row.lease_owner = worker_id
+                old, row.lease_owner = row.lease_owner, worker_id
                 row.lease_until = now + timedelta(milliseconds=lease_ms)
                 row.token += 1
                 row.wake_at = None
                 wf = row.workflow or row.definition_id
-                out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel))
+                out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel, old))
         return out
 
     def _park(self, mid: str, row: _Row, error: StateMachineError) -> None:
@@ -278,23 +279,43 @@ class MemoryStore(AsyncOpenClose):
         self._note(mid, row.version, UNREADABLE, reason(error))
         log_parked(mid, error)
 
+    async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
+        """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
+        ``False`` (nothing written) when that lease is no longer held."""
+        async with self._lock:
+            row = self._free(machine_id, token)
+            if row is not None:
+                row.status = PARKED
+                self._note(machine_id, row.version, parking.UNRUNNABLE, reason(error))
+        return row is not None
+
+    def _free(self, machine_id: str, token: int) -> _Row | None:
+        """The row whose lease ``token`` is, its lease given back (``None``: not held)."""
+        row = self._rows.get(machine_id)
+        if row is None or row.token != token:
+            return None
+        row.lease_owner = None
+        row.lease_until = None
+        return row
+
     def _note(self, mid: str, version: int, kind: str, data: dict[str, Any]) -> None:
         self._seq += 1
         self._journal.append(JournalEntry(self._seq, mid, version, kind, _now(), data))
 
-    async def unpark(self, machine_id: str) -> SerializableState:
+    async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
-        its snapshot still cannot be read, ``NOT_PARKED`` if no claim parked it."""
+        its snapshot still cannot be read, ``NOT_PARKED`` if no claim parked it.
+        Returns the snapshot (``None``: never run)."""
         async with self._lock:
             row = self._rows.get(machine_id)
             if row is None:
                 raise unknown_machine(machine_id)
-            check_unpark(machine_id, row.status, row.blob is not None)
-            assert row.blob is not None
-            snap = _decode(self.codec, machine_id, row.blob)
-            check_snapshot(snap)
-            row.status = snap.status
-            self._note(machine_id, row.version, UNPARKED, {"status": snap.status})
+            check_unpark(machine_id, row.status, row.blob is not None or row.workflow is not None)
+            snap = None if row.blob is None else _decode(self.codec, machine_id, row.blob)
+            if snap is not None:
+                check_snapshot(snap)
+            row.status = "active" if snap is None else snap.status
+            self._note(machine_id, row.version, UNPARKED, {"status": row.status})
         self._notify()
         return snap
 
@@ -312,11 +333,9 @@ class MemoryStore(AsyncOpenClose):
 
     async def release(self, machine_id: str, token: int, *, wake_at: datetime | None) -> bool:
         async with self._lock:
-            row = self._rows.get(machine_id)
-            if row is None or row.token != token:
+            row = self._free(machine_id, token)
+            if row is None:
                 return False
-            row.lease_owner = None
-            row.lease_until = None
             row.wake_at = wake_at
         self._notify()
         return True

@@ -7,6 +7,12 @@ row's status becomes ``needs_attention``, the reason goes to its journal as an
 others. No claim takes a parked machine. Once its snapshot reads again (the missing
 key is back), ``store.unpark(machine_id)`` (``deploysm unpark ID``) restores the
 row's status from the snapshot and records ``unparked``; a worker then runs it.
+
+A worker that holds a machine's lease but cannot run it (its stored context or
+snapshot does not fit the workflow's definition, the workflow's factory raises)
+parks it the same way with ``store.park(machine_id, token, error)``: status
+``needs_attention``, the lease given back, an ``unrunnable`` journal record with the
+error. Unpark it once the code or the data is fixed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ __all__ = [
     "PARKED",
     "UNPARKED",
     "UNREADABLE",
+    "UNRUNNABLE",
     "check_snapshot",
     "check_unpark",
     "log_parked",
@@ -32,6 +39,7 @@ logger = logging.getLogger("deploysm.stores")
 PARKED = "needs_attention"  # the row status of a parked machine
 UNREADABLE = "unreadable"  # journal kind: why a claim parked the machine
 UNPARKED = "unparked"  # journal kind: the operator put it back
+UNRUNNABLE = "unrunnable"  # journal kind: a worker could not run it
 
 
 def reason(error: StateMachineError) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
+from . import _parking as parking
 from ._base import (
     AsyncOpenClose,
     Codec,
@@ -390,28 +391,34 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         }
         rows = await self._fetchall("claim", params, "claiming machines")
         out: list[Claim] = []
-        for mid, workflow, token, blob, context, cancel, sealed in sorted(rows):
+        for mid, workflow, token, blob, context, cancel, sealed, old in sorted(rows):
             try:
                 snap = None if blob is None else _decode(self.codec, mid, blob)
                 if sealed is not None:
                     context = unseal(self.codec, mid, sealed, "the start context").get("context")
             except StateMachineError as e:
-                await self._park(mid, int(token), e)
+                await self._park(mid, int(token), e, UNREADABLE)
+                log_parked(mid, e)
                 continue
-            out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel)))
+            out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel), old))
         return out
 
-    async def _park(self, machine_id: str, token: int, error: StateMachineError) -> None:
+    async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
+        """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
+        ``False`` (nothing written) when that lease is no longer held."""
+        return await self._park(machine_id, token, error, parking.UNRUNNABLE)
+
+    async def _park(self, machine_id: str, token: int, error: StateMachineError, kind: str) -> bool:
         params = {
             "id": machine_id,
             "token": token,
             "status": PARKED,
-            "kind": UNREADABLE,
+            "kind": kind,
             "data": Jsonb(reason(error)),
         }
         async with self._conn(f"parking {machine_id!r}") as conn:
-            await conn.execute(self._q["park"], params)
-        log_parked(machine_id, error)
+            cur = await conn.execute(self._q["park"], params)
+            return cur.rowcount == 1
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
@@ -421,11 +428,12 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         row = await self._fetchone("parked_row", {"id": machine_id}, doing)
         if row is None:
             raise unknown_machine(machine_id)
-        status, blob, sealed = row
-        check_unpark(machine_id, status, blob is not None or sealed is not None)
+        status, blob, sealed, plain = row
+        check_unpark(machine_id, status, blob is not None or sealed is not None or plain)
         snap = None
         if blob is None:  # never run: its start context was what could not be read
-            unseal(self.codec, machine_id, sealed, "the start context")
+            if sealed is not None:
+                unseal(self.codec, machine_id, sealed, "the start context")
             status = "active"
         else:
             snap = _decode(self.codec, machine_id, blob)

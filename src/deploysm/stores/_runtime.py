@@ -47,6 +47,7 @@ class Claim:
     snapshot: SerializableState | None  # None: started, never run yet
     context: Any  # the start context (JSON data), when snapshot is None
     cancel_requested: bool = False
+    taken_from: str | None = None  # the worker whose lease had expired (None: it was free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,8 @@ class RuntimeStore(Store, Protocol):
     ) -> list[Claim]:
         """Lease up to ``limit`` active machines that have work (never run, an
         unfinished transition, an undelivered event, a due timer, a cancel request)
-        and whose lease is free or expired; each claim bumps the fencing token.
+        and whose lease is free or expired; each claim bumps the fencing token and
+        names the worker whose expired lease it took (``Claim.taken_from``).
         ``workflows`` limits the claim to machines of those workflows."""
         ...
 

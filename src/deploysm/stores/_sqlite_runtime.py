@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
+from . import _parking as parking
 from ._base import Codec, conflict
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._runtime import (
@@ -81,7 +82,8 @@ WITH work(id) AS (
     UNION SELECT id FROM machines WHERE wake_at IS NOT NULL AND wake_at <= :now
     UNION SELECT machine_id FROM inbox WHERE delivered_at IS NULL
 )
-SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested
+SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested,
+       m.lease_owner
   FROM work JOIN machines AS m ON m.id = work.id
  WHERE m.status = 'active'
    AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= :now)
@@ -105,6 +107,10 @@ _RELEASE = (
     " WHERE id = ? AND fencing_token = ?"
 )
 _PARK = "UPDATE machines SET status = ? WHERE id = ? RETURNING version"
+_PARK_HELD = (
+    "UPDATE machines SET status = ?, lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE id = ? AND fencing_token = ? RETURNING version"
+)
 _NOTE = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
@@ -192,7 +198,7 @@ def _claim(
     until = now + int(lease_ms * 1000)
     rows = _candidates(conn, now, limit, workflows)
     out: list[Claim] = []
-    for mid, workflow, definition_id, blob, context, cancel in rows:
+    for mid, workflow, definition_id, blob, context, cancel, old in rows:
         try:
             snap = None if blob is None else decode(mid, blob)
             ctx = None if context is None else context_of(mid, context)
@@ -200,7 +206,7 @@ def _claim(
             _park(conn, mid, e)
             continue
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
-        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel)))
+        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel), old))
     return out
 
 
@@ -212,6 +218,14 @@ def _park(conn: sqlite3.Connection, mid: str, error: StateMachineError) -> None:
     ((version,),) = conn.execute(_PARK, (PARKED, mid)).fetchall()
     _note(conn, mid, version, UNREADABLE, reason(error))
     log_parked(mid, error)
+
+
+def _park_held(conn: sqlite3.Connection, mid: str, token: int, error: StateMachineError) -> bool:
+    row = conn.execute(_PARK_HELD, (PARKED, mid, token)).fetchone()
+    if row is None:
+        return False
+    _note(conn, mid, row[0], parking.UNRUNNABLE, reason(error))
+    return True
 
 
 def _unpark(
@@ -396,6 +410,11 @@ class SQLiteRuntime:
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
         return out
+
+    async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
+        """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
+        ``False`` (nothing written) when that lease is no longer held."""
+        return await self.run_write(lambda c: _park_held(c, machine_id, token, error))
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while

@@ -159,7 +159,8 @@ SELECT status FROM machines WHERE id = %(id)s;
 -- Active machines with work (never run, a transition in flight, a cancel request, a
 -- due timer, an undelivered event) whose lease is free or expired, of the workflows
 -- asked for (NULL: any); SKIP LOCKED lets
--- concurrent claimers pass each other; every claim bumps the fencing token.
+-- concurrent claimers pass each other; every claim bumps the fencing token and returns
+-- the owner of the expired lease it took (NULL: it was free).
 WITH work AS (
     SELECT id FROM machines
      WHERE status = 'active' AND (snapshot IS NULL OR busy OR cancel_requested)
@@ -168,7 +169,7 @@ WITH work AS (
     UNION
     SELECT machine_id FROM inbox WHERE delivered_at IS NULL
 ), picked AS (
-    SELECT m.id FROM machines m JOIN work w ON w.id = m.id
+    SELECT m.id, m.lease_owner AS old_owner FROM machines m JOIN work w ON w.id = m.id
      WHERE m.status = 'active'
        AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= now())
        AND (%(workflows)s::text[] IS NULL
@@ -185,7 +186,7 @@ UPDATE machines m
   FROM picked
  WHERE m.id = picked.id
 RETURNING m.id, coalesce(m.workflow, m.definition_id), m.fencing_token, m.snapshot,
-          m.start_context, m.cancel_requested, m.sealed_context;
+          m.start_context, m.cancel_requested, m.sealed_context, picked.old_owner;
 
 -- name: renew
 UPDATE machines m
@@ -255,7 +256,7 @@ INSERT INTO journal (machine_id, version, kind, at, data)
 SELECT id, version, %(kind)s, now(), %(data)s::jsonb FROM parked;
 
 -- name: parked_row
-SELECT status, snapshot, sealed_context FROM machines WHERE id = %(id)s;
+SELECT status, snapshot, sealed_context, start_context IS NOT NULL FROM machines WHERE id = %(id)s;
 
 -- name: unpark
 -- Back to the status its snapshot has, only if nothing changed since it was read.
