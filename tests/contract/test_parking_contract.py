@@ -201,3 +201,27 @@ async def test_a_worker_parks_a_machine_it_holds_but_cannot_run(
     assert await rt.unpark("fresh") is None
     taken = await rt.claim("w2", limit=10, lease_ms=LEASE)
     assert sorted(c.machine_id for c in taken) == ["a", "fresh"]
+
+
+async def _last_error(rt: Any, mid: str) -> str | None:
+    (info,) = [i for i in await rt.list() if i.machine_id == mid]
+    error: str | None = info.last_error
+    return error
+
+
+async def test_a_parked_machine_lists_why_and_unpark_restores_its_own_last_error(
+    make_store: MakeStore, make_snapshot: MakeSnapshot
+) -> None:
+    rt = await make_store()
+    await _with_event(rt, make_snapshot, "held")
+    await _with_event(rt, make_snapshot, "bad")
+    await _tamper(rt, "bad", b"\x00garbage\xff")
+    (claim,) = await rt.claim("w1", limit=10, lease_ms=LEASE)  # parks "bad"
+    assert (await _last_error(rt, "bad") or "").startswith("INVALID_SNAPSHOT: ")
+    why = StateMachineError("the workflow's factory raised: boom", "CANNOT_RUN")
+    assert await rt.park("held", claim.token, why) is True
+    assert await _last_error(rt, "held") == f"CANNOT_RUN: {why.message}"
+
+    snap = await rt.unpark("held")  # back to what its own snapshot says
+    assert snap is not None and snap.last_error is None
+    assert await _last_error(rt, "held") is None

@@ -23,7 +23,16 @@ from ._base import (
     encode_snapshot,
     error_text,
 )
-from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
+from ._parking import (
+    PARKED,
+    UNPARKED,
+    UNREADABLE,
+    check_snapshot,
+    check_unpark,
+    log_parked,
+    parked_error,
+    reason,
+)
 from ._prune import FINISHED, PruneCounts, cutoff
 from ._runtime import (
     Claim,
@@ -275,7 +284,7 @@ class MemoryStore(AsyncOpenClose):
         return out
 
     def _park(self, mid: str, row: _Row, error: StateMachineError) -> None:
-        row.status = PARKED
+        row.status, row.error = PARKED, parked_error(error)
         self._note(mid, row.version, UNREADABLE, reason(error))
         log_parked(mid, error)
 
@@ -285,7 +294,7 @@ class MemoryStore(AsyncOpenClose):
         async with self._lock:
             row = self._free(machine_id, token)
             if row is not None:
-                row.status = PARKED
+                row.status, row.error = PARKED, parked_error(error)
                 self._note(machine_id, row.version, parking.UNRUNNABLE, reason(error))
         return row is not None
 
@@ -315,6 +324,7 @@ class MemoryStore(AsyncOpenClose):
             if snap is not None:
                 check_snapshot(snap)
             row.status = "active" if snap is None else snap.status
+            row.error = None if snap is None else error_text(snap.last_error)
             self._note(machine_id, row.version, UNPARKED, {"status": row.status})
         self._notify()
         return snap

@@ -31,6 +31,7 @@ __all__ = [
     "check_snapshot",
     "check_unpark",
     "log_parked",
+    "parked_error",
     "reason",
 ]
 
@@ -45,6 +46,11 @@ UNRUNNABLE = "unrunnable"  # journal kind: a worker could not run it
 def reason(error: StateMachineError) -> dict[str, Any]:
     """The journal data of an ``unreadable`` record."""
     return {"code": error.code, "message": error.message}
+
+
+def parked_error(error: StateMachineError) -> str:
+    """What ``list()`` shows as the last error of a machine parked for ``error``."""
+    return f"{error.code}: {error.message}"
 
 
 def log_parked(machine_id: str, error: StateMachineError) -> None:

@@ -43,7 +43,16 @@ from ._base import (
     encode_snapshot,
     error_text,
 )
-from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
+from ._parking import (
+    PARKED,
+    UNPARKED,
+    UNREADABLE,
+    check_snapshot,
+    check_unpark,
+    log_parked,
+    parked_error,
+    reason,
+)
 from ._postgres_sql import (
     CHANNEL,
     STORE_UNAVAILABLE,
@@ -238,8 +247,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         fenced-out writer learns why) write nothing. With a lease, returns the fencing token."""
         mid = snapshot.machine_id
         sealed = self._seals and bool(journal)
-        error = error_column(self.codec, mid, error_text(snapshot.last_error))
         params = {
+            **self._error_params(mid, error_text(snapshot.last_error)),
             "id": mid,
             "workflow": workflow,
             "definition_id": snapshot.definition_id,
@@ -248,8 +257,6 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             "version": snapshot.version,
             "snapshot": encode_snapshot(self.codec, snapshot),
             "busy": snapshot.in_flight is not None,
-            "last_error": error if isinstance(error, str) else None,
-            "sealed_error": error if isinstance(error, bytes) else None,
             "expected": expected_version,
             "token": token,
             "journal": journal_rows(journal) if journal and not sealed else None,
@@ -415,10 +422,19 @@ class PostgresStore(SealingStore, AsyncOpenClose):
             "status": PARKED,
             "kind": kind,
             "data": Jsonb(reason(error)),
+            **self._error_params(machine_id, parked_error(error)),
         }
         async with self._conn(f"parking {machine_id!r}") as conn:
             cur = await conn.execute(self._q["park"], params)
             return cur.rowcount == 1
+
+    def _error_params(self, machine_id: str, text: str | None) -> dict[str, Any]:
+        """The ``last_error``/``sealed_error`` parameters of a write of ``text``."""
+        error = error_column(self.codec, machine_id, text)
+        return {
+            "last_error": error if isinstance(error, str) else None,
+            "sealed_error": error if isinstance(error, bytes) else None,
+        }
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
@@ -434,12 +450,13 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         if blob is None:  # never run: its start context was what could not be read
             if sealed is not None:
                 unseal(self.codec, machine_id, sealed, "the start context")
-            status = "active"
+            status, error = "active", None
         else:
             snap = _decode(self.codec, machine_id, blob)
             check_snapshot(snap)
-            status = snap.status
+            status, error = snap.status, error_text(snap.last_error)
         params = {
+            **self._error_params(machine_id, error),
             "id": machine_id,
             "status": status,
             "snapshot": blob,

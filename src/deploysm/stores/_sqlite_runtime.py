@@ -40,8 +40,17 @@ from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from . import _parking as parking
-from ._base import Codec, conflict
-from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
+from ._base import Codec, conflict, error_text
+from ._parking import (
+    PARKED,
+    UNPARKED,
+    UNREADABLE,
+    check_snapshot,
+    check_unpark,
+    log_parked,
+    parked_error,
+    reason,
+)
 from ._runtime import (
     Claim,
     InboxEvent,
@@ -50,7 +59,7 @@ from ._runtime import (
     inbox_event,
     unknown_machine,
 )
-from ._sealed import seal, unseal
+from ._sealed import error_column, seal, unseal
 from ._sqlite_writer import utc_text
 
 __all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "now_us", "to_us"]
@@ -106,11 +115,13 @@ _RELEASE = (
     "UPDATE machines SET lease_owner = NULL, lease_expires_at = NULL, wake_at = ?"
     " WHERE id = ? AND fencing_token = ?"
 )
-_PARK = "UPDATE machines SET status = ? WHERE id = ? RETURNING version"
+_PARK = "UPDATE machines SET status = ?, last_error = ? WHERE id = ? RETURNING version"
 _PARK_HELD = (
-    "UPDATE machines SET status = ?, lease_owner = NULL, lease_expires_at = NULL"
+    "UPDATE machines SET status = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
     " WHERE id = ? AND fencing_token = ? RETURNING version"
 )
+# The last error column of a machine: its text, or the codec's bytes (stores/_sealed).
+ErrorColumn = Callable[[str, str | None], str | bytes | None]
 _NOTE = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
@@ -189,6 +200,7 @@ def _claim(
     conn: sqlite3.Connection,
     decode: Callable[[str, Any], SerializableState],
     context_of: Callable[[str, Any], Any],
+    error_of: ErrorColumn,
     worker_id: str,
     limit: int,
     lease_ms: int,
@@ -203,7 +215,7 @@ def _claim(
             snap = None if blob is None else decode(mid, blob)
             ctx = None if context is None else context_of(mid, context)
         except StateMachineError as e:  # unreadable: parked, the others are claimed
-            _park(conn, mid, e)
+            _park(conn, mid, e, error_of(mid, parked_error(e)))
             continue
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
         out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel), old))
@@ -214,14 +226,22 @@ def _note(conn: sqlite3.Connection, mid: str, version: int, kind: str, data: Any
     conn.execute(_NOTE, (mid, version, kind, utc_text(), _dumps(data)))
 
 
-def _park(conn: sqlite3.Connection, mid: str, error: StateMachineError) -> None:
-    ((version,),) = conn.execute(_PARK, (PARKED, mid)).fetchall()
+def _park(
+    conn: sqlite3.Connection, mid: str, error: StateMachineError, column: str | bytes | None
+) -> None:
+    ((version,),) = conn.execute(_PARK, (PARKED, column, mid)).fetchall()
     _note(conn, mid, version, UNREADABLE, reason(error))
     log_parked(mid, error)
 
 
-def _park_held(conn: sqlite3.Connection, mid: str, token: int, error: StateMachineError) -> bool:
-    row = conn.execute(_PARK_HELD, (PARKED, mid, token)).fetchone()
+def _park_held(
+    conn: sqlite3.Connection,
+    mid: str,
+    token: int,
+    error: StateMachineError,
+    column: str | bytes | None,
+) -> bool:
+    row = conn.execute(_PARK_HELD, (PARKED, column, mid, token)).fetchone()
     if row is None:
         return False
     _note(conn, mid, row[0], parking.UNRUNNABLE, reason(error))
@@ -232,6 +252,7 @@ def _unpark(
     conn: sqlite3.Connection,
     decode: Callable[[str, Any], SerializableState],
     context_of: Callable[[str, Any], Any],
+    error_of: ErrorColumn,
     mid: str,
 ) -> SerializableState | None:
     sql = "SELECT status, snapshot, start_context FROM machines WHERE id = ?"
@@ -243,12 +264,12 @@ def _unpark(
     snap = None
     if blob is None:  # never run: its start context was what could not be read
         context_of(mid, context)
-        status = "active"
+        status, error = "active", None
     else:
         snap = decode(mid, blob)
         check_snapshot(snap)
-        status = snap.status
-    ((version,),) = conn.execute(_PARK, (status, mid)).fetchall()
+        status, error = snap.status, error_of(mid, error_text(snap.last_error))
+    ((version,),) = conn.execute(_PARK, (status, error, mid)).fetchall()
     _note(conn, mid, version, UNPARKED, {"status": status})
     return snap
 
@@ -347,6 +368,9 @@ class SQLiteRuntime:
         async def run_read(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _writable(self) -> None: ...
 
+    def _error_column(self, machine_id: str, text: str | None) -> str | bytes | None:
+        return error_column(self.codec, machine_id, text)
+
     def _start_context(self, machine_id: str, stored: Any) -> Any:
         if isinstance(stored, bytes):
             return unseal(self.codec, machine_id, stored, "the start context").get("context")
@@ -403,9 +427,9 @@ class SQLiteRuntime:
         if limit <= 0 or wfs == "[]":
             self._claimed_at = await self.run_read(_data_version)
             return []
-        decode, ctx = self._decode_snapshot, self._start_context
+        decode, ctx, err = self._decode_snapshot, self._start_context, self._error_column
         out = await self.run_write(
-            lambda c: _claim(c, decode, ctx, worker_id, limit, lease_ms, wfs)
+            lambda c: _claim(c, decode, ctx, err, worker_id, limit, lease_ms, wfs)
         )
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
@@ -414,14 +438,15 @@ class SQLiteRuntime:
     async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
         """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
         ``False`` (nothing written) when that lease is no longer held."""
-        return await self.run_write(lambda c: _park_held(c, machine_id, token, error))
+        column = self._error_column(machine_id, parked_error(error))
+        return await self.run_write(lambda c: _park_held(c, machine_id, token, error, column))
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
         its snapshot (or, never run, its start context) still cannot be read,
         ``NOT_PARKED`` if no claim parked it. Returns the snapshot (``None``: never run)."""
-        decode, ctx = self._decode_snapshot, self._start_context
-        snap = await self.run_write(lambda c: _unpark(c, decode, ctx, machine_id))
+        decode, ctx, err = self._decode_snapshot, self._start_context, self._error_column
+        snap = await self.run_write(lambda c: _unpark(c, decode, ctx, err, machine_id))
         self._wakeups.notify()
         return snap
 

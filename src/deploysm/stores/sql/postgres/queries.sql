@@ -248,7 +248,8 @@ SELECT (SELECT count(*) FROM journal_gone), (SELECT count(*) FROM inbox_gone);
 -- given back, the reason in its journal (see stores/_parking.py).
 WITH parked AS (
     UPDATE machines
-       SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL
+       SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
+           last_error = %(last_error)s::text, sealed_error = %(sealed_error)s::bytea
      WHERE id = %(id)s AND fencing_token = %(token)s
     RETURNING id, version
 )
@@ -261,7 +262,8 @@ SELECT status, snapshot, sealed_context, start_context IS NOT NULL FROM machines
 -- name: unpark
 -- Back to the status its snapshot has, only if nothing changed since it was read.
 WITH freed AS (
-    UPDATE machines SET status = %(status)s
+    UPDATE machines SET status = %(status)s,
+           last_error = %(last_error)s::text, sealed_error = %(sealed_error)s::bytea
      WHERE id = %(id)s AND status = 'needs_attention'
        AND snapshot IS NOT DISTINCT FROM %(snapshot)s::bytea
     RETURNING id, version
