@@ -52,6 +52,10 @@ class ErrorCode:
     INVALID_DURATION = "INVALID_DURATION"
     CORRUPT_ROW = "CORRUPT_ROW"
     INVALID_TEXT = "INVALID_TEXT"
+    NO_STORE = "NO_STORE"  # create=False and there is no store there yet
+    UNKNOWN_WORKFLOW = "UNKNOWN_WORKFLOW"  # a workflow name the definitions do not have
+    USAGE = "USAGE"  # the command line: bad arguments, a TARGET that cannot be loaded
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # the command line: a bug in deploysm
 
 
 class StateMachineError(Exception):

@@ -7,7 +7,6 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import (
@@ -22,7 +21,15 @@ from ._base import (
 )
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
 from ._prune import FINISHED, PruneCounts, cutoff
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, lease_lost, unknown_machine
+from ._runtime import (
+    Claim,
+    InboxEvent,
+    context_object,
+    event_fields,
+    inbox_event,
+    lease_lost,
+    unknown_machine,
+)
 from ._sqlite import _decode
 
 __all__ = ["MemoryStore"]
@@ -168,10 +175,7 @@ class MemoryStore(AsyncOpenClose):
     # ---------------------------------------------------------------- runtime
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
-        try:
-            data = jsonable(context)
-        except TypeError as e:
-            raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        data = context_object(context)
         async with self._lock:
             if machine_id in self._rows:
                 raise conflict(machine_id, None, self._rows[machine_id].version)

@@ -28,7 +28,6 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import (
@@ -59,7 +58,7 @@ from ._postgres_sql import (
 )
 from ._prune import PruneCounts, check_age
 from ._rows import journal_entry
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._runtime import Claim, InboxEvent, context_object, event_fields, inbox_event, unknown_machine
 from ._sealed import SealingStore, seal, seals, unseal
 from ._sqlite import _decode
 
@@ -76,7 +75,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
     ``LISTEN`` connection of ``wait_for_work`` is one more, opened on first use.
     ``connect_timeout`` (seconds) bounds connecting and waiting for a pooled
     connection; past it, or when the server is unreachable, calls fail with
-    ``STORE_UNAVAILABLE``.
+    ``STORE_UNAVAILABLE``. ``create=False`` creates nothing: a schema without
+    deploysm's tables is ``NO_STORE`` (an older schema is still upgraded).
     """
 
     def __init__(
@@ -88,6 +88,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         max_size: int = 8,
         schema: str = "public",
         connect_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         check_dsn(dsn)
         if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
@@ -104,6 +105,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = float(connect_timeout)
+        self.create = bool(create)
+        self.migrated: list[int] = []  # the schema versions the last open() applied
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: Listener | None = None
         self._lock = asyncio.Lock()
@@ -119,7 +122,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         async with self._lock:
             if self._pool is not None:
                 return
-            await self.migrate()
+            self.migrated = await self.migrate()
             pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
                 self.dsn,
                 min_size=self.min_size,
@@ -166,7 +169,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         except psycopg.Error as e:
             raise db_error(e, self.dsn, "connecting") from e
         try:
-            return await migrate(conn, self.schema)
+            return await migrate(conn, self.schema, self.create)
         except psycopg.Error as e:
             raise db_error(e, self.dsn, "migrating the schema") from e
         finally:
@@ -287,8 +290,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
     # ---------------------------------------------------------------- runtime
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
+        data = context_object(context)
         try:
-            data = jsonable(context)
             text = json.dumps(data, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e

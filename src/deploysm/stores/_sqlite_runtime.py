@@ -36,12 +36,11 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from ._base import Codec, conflict
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason
-from ._runtime import Claim, InboxEvent, event_fields, inbox_event, unknown_machine
+from ._runtime import Claim, InboxEvent, context_object, event_fields, inbox_event, unknown_machine
 from ._sealed import seal, unseal
 from ._sqlite_writer import utc_text
 
@@ -330,10 +329,10 @@ class SQLiteRuntime:
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
         """Create a machine for a worker to run (no snapshot until its first run; ``load``
         returns ``None`` until then). An existing id is ``CONFLICT``."""
+        value = context_object(context)
         try:
-            value = jsonable(context)
             data: str | bytes = _dumps(value)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
         await self._writable()
         if self._seals:
