@@ -4,7 +4,9 @@ Each subcommand is one small function registered with :func:`command`; it gets
 the parsed arguments and returns the exit code. Add a subcommand by writing a
 ``configure`` function (its arguments) and a ``run`` function. Exit codes: 0 ok,
 1 the operation failed (invalid config, a demo deployment that did not finish),
-2 usage error (bad arguments, a TARGET that cannot be loaded), 130 interrupted.
+2 usage error (bad arguments, a TARGET that cannot be loaded), 130 interrupted. Every
+error is one line on stderr: ``deploysm VERB: error: CODE: message``, CODE an
+``ErrorCode`` (``USAGE`` for bad arguments).
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ EXAMPLE_TARGET = "deploysm.examples.blue_green:blue_green_config"
 
 
 class CliError(Exception):
-    """A problem the user can fix; printed as one line, no traceback."""
+    """A problem the user can fix; printed as one coded line, no traceback."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = 2, code: str = ErrorCode.USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,7 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoSetupError as e:
         raise CliError(str(e)) from None
     except StateMachineError as e:
-        raise CliError(f"{e.code}: {e}", exit_code=1) from None
+        raise CliError(str(e), exit_code=1, code=e.code) from None
 
 
 def _positive_float(text: str) -> float:
@@ -229,8 +232,10 @@ def _positive_float(text: str) -> float:
 
 def _configure_graph(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help=f"module:attribute, e.g. {EXAMPLE_TARGET}")
-    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
-    p.add_argument("--state", metavar="NAME", help="highlight this state as the current one")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="the notation")
+    p.add_argument(
+        "--state", metavar="NAME", help="highlight this state as the current one (default: none)"
+    )
 
 
 @command("graph", "print a workflow as a Mermaid or Graphviz DOT diagram", _configure_graph)
@@ -244,6 +249,7 @@ def _graph(args: argparse.Namespace) -> int:
             f"{args.target} is not a valid config ({len(report.errors)} error(s)); "
             f"run: deploysm validate {args.target}",
             exit_code=1,
+            code=ErrorCode.INVALID_CONFIG,
         )
     if args.state is not None:
         cfg, _ = coerce_config(config)
@@ -259,51 +265,122 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _configure_validate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TARGET", help=f"module:attribute, e.g. {EXAMPLE_TARGET}")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help=f"module:attribute, e.g. {EXAMPLE_TARGET}: a config, a factory of one, or "
+        "(as worker --app takes) a mapping of workflow name -> config or factory",
+    )
 
 
 @command(
     "validate",
-    "check a workflow config: errors (exit 1) and warnings",
+    "check a workflow config, or each workflow of a mapping: errors (exit 1) and warnings",
     _configure_validate,
 )
 def _validate(args: argparse.Namespace) -> int:
     try:
         config: Any = load_config(args.target)
-        report = validate(config)
     except CliError as e:  # a StateMachineConfig refused as it was built: list why
-        cause = e.__cause__
-        if not isinstance(cause, StateMachineError) or cause.code != ErrorCode.INVALID_CONFIG:
+        problems = _refused(e.__cause__)
+        if problems is None:
             raise
-        report = ValidationReport(errors=cause.problems or [cause.message])
-    say(*(f"error: {error}" for error in report.errors))
-    say(*(f"warning: {warning}" for warning in report.warnings))
+        return 0 if _validate_one(args.target, None, "", problems) else 1
+    workflows = _workflow_mapping(config)
+    if workflows is None:
+        return 0 if _validate_one(args.target, config, "") else 1
+    if not workflows:
+        raise CliError(f"{args.target} is an empty mapping: no workflow to validate")
+    ok = True
+    for name, source in workflows.items():
+        where = f"{args.target}[{name!r}]"
+        try:
+            made = source() if callable(source) else source
+        except Exception as e:
+            problems = _refused(e)
+            if problems is not None:
+                ok = _validate_one(where, None, "  ", problems) and ok
+                continue
+            say(f"{where}: error: calling its factory failed: {_one_line(e)}")
+            ok = False
+            continue
+        ok = _validate_one(where, made, "  ") and ok
+    say(f"{args.target}: {'ok' if ok else 'invalid'} ({len(workflows)} workflow(s))")
+    return 0 if ok else 1
+
+
+def _refused(error: BaseException | None) -> list[str] | None:
+    """The problems of a ``StateMachineConfig`` that refused to be built, else ``None``."""
+    if not isinstance(error, StateMachineError) or error.code != ErrorCode.INVALID_CONFIG:
+        return None
+    return list(error.problems or [error.message])
+
+
+def _workflow_mapping(obj: Any) -> Mapping[str, Any] | None:
+    """``obj`` as a mapping of workflow name -> config or factory (what ``worker --app``
+    takes), or ``None`` when it is one config (a StateMachineConfig or its dict form)."""
+    if not isinstance(obj, Mapping) or not obj:
+        return None if not isinstance(obj, Mapping) else {}
+    if all(isinstance(v, StateMachineConfig) or callable(v) for v in obj.values()):
+        return obj
+    return None
+
+
+def _validate_one(name: str, config: Any, indent: str, refused: list[str] | None = None) -> bool:
+    """Print the report of ``config`` (or the problems of one ``refused`` as it was built)."""
+    report = validate(config) if refused is None else ValidationReport(errors=refused)
+    say(*(f"{indent}error: {error}" for error in report.errors))
+    say(*(f"{indent}warning: {warning}" for warning in report.warnings))
     if not report.ok:
-        say(f"{args.target}: invalid ({len(report.errors)} error(s))")
-        return 1
+        say(f"{name}: invalid ({len(report.errors)} error(s))")
+        return False
     cfg, _ = coerce_config(config)
     assert cfg is not None
     say(
-        f"{args.target}: ok ({cfg.id!r}: {len(cfg.states)} states, {len(cfg.events)} events, "
+        f"{name}: ok ({cfg.id!r}: {len(cfg.states)} states, {len(cfg.events)} events, "
         f"{len(cfg.transitions)} transitions, {len(report.warnings)} warning(s))"
     )
-    return 0
+    return True
 
 
 # -- entry point
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as every other error: ``deploysm VERB: error: USAGE: message``."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {ErrorCode.USAGE}: {printable(message)}\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default: ``(default: X)`` is added unless the help
+    already names one; a flag's default is off, an option without one says so."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.nargs == 0 or action.required:
+            return text
+        if action.default is None or action.default == argparse.SUPPRESS:
+            return f"{text} (default: none)".lstrip()
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import _cli_park, _cli_runtime, _cli_store  # noqa: F401  (register their subcommands)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deploysm",
         description="Deployment workflows as typed, durable, asyncio-native state machines.",
     )
     parser.add_argument("--version", action="version", version=f"deploysm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
-        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+        p = sub.add_parser(
+            cmd.name, help=cmd.help, description=cmd.help, formatter_class=_HelpFormatter
+        )
+        cmd.configure(p)
     return parser
 
 
@@ -321,19 +398,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd.run(args)
     except CliError as e:
-        _error(cmd.name, str(e))
+        _error(cmd.name, e.code, str(e))
         return e.exit_code
     except StateMachineError as e:
-        _error(cmd.name, f"{e.code}: {e}")
+        _error(cmd.name, e.code, str(e))
         return 1
     except KeyboardInterrupt:
         print(f"deploysm {cmd.name}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug; still one line rather than a traceback
-        _error(cmd.name, f"unexpected {_one_line(e)} (a bug in deploysm: please report it)")
+        bug = f"unexpected {_one_line(e)} (a bug in deploysm: please report it)"
+        _error(cmd.name, ErrorCode.INTERNAL_ERROR, bug)
         return 1
 
 
-def _error(command: str, message: str) -> None:
-    """The one line an error gets on stderr; the message's control characters escaped."""
-    print(f"deploysm {command}: error: {printable(message)}", file=sys.stderr)
+def _error(command: str, code: str, message: str) -> None:
+    """The one line an error gets on stderr, ``deploysm VERB: error: CODE: message``; the
+    message's control characters (and newlines) escaped."""
+    print(f"deploysm {command}: error: {code}: {printable(message)}", file=sys.stderr)

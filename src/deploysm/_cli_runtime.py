@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import os
@@ -14,13 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 from ._cli import CliError, command, say
-from ._cli_keys import add_keys_arg, codec_from
+from ._cli_app import add_app_arg, check_event, check_workflow
+from ._cli_db import where, with_store
+from ._cli_keys import add_keys_arg
 from ._config import StateMachineConfig
 from ._duration import describe_duration, parse_duration
-from ._errors import StateMachineError
+from ._errors import ErrorCode, StateMachineError
 from ._logsetup import FORMATS, LEVELS, log_to_stderr
 from ._worker import Worker
-from .stores import open_store
+from .stores._open import migrate_store, sqlite_path
 from .stores._runtime import RuntimeStore
 from .stores._sealed import SealingStore
 
@@ -47,37 +48,54 @@ def _json_arg(text: str | None, what: str) -> Any:
 
 
 def _run(args: argparse.Namespace, body: Callable[[RuntimeStore], Coroutine[Any, Any, int]]) -> int:
-    """Open ``--db``, run ``body(store)``, close; store errors become one-line messages."""
-    if not args.db:
-        raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
-    codec = codec_from(args)
-
-    async def go() -> int:
-        try:
-            store: Any = open_store(args.db, codec=codec)
-        except StateMachineError as e:
-            raise CliError(str(e)) from None
-        try:
-            await store.open()
-            return await body(store)
-        except StateMachineError as e:
-            raise CliError(f"{e.code}: {e}", exit_code=1) from None
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    """Open ``--db`` (never creating a store), run ``body(store)``, close."""
+    return with_store(args, body)
 
 
 # -- migrate
 
 
-@command("migrate", "create or upgrade the store's schema (idempotent)", _db)
+def _configure_migrate(p: argparse.ArgumentParser) -> None:
+    _db(p)
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="also create the SQLite file's missing parent directories "
+        "(without it, a missing directory is an error: a typo creates nothing)",
+    )
+
+
+@command(
+    "migrate",
+    "create the store, or upgrade its schema (idempotent); the only verb that creates one",
+    _configure_migrate,
+)
 def _migrate(args: argparse.Namespace) -> int:
-    async def body(store: RuntimeStore) -> int:
-        say(f"store {args.db} is up to date")
+    if not args.create:
+        _check_parent(args.db)
+
+    async def body(store: Any) -> int:
+        applied, known = await migrate_store(store)
+        at = where(store, args.db)
+        if not applied:
+            say(f"{at}: already up to date (schema v{known})")
+        elif applied[0] == 1:
+            say(f"created schema v{known} at {at}")
+        else:
+            say(f"upgraded schema v{applied[0] - 1} -> v{known} at {at}")
         return 0
 
-    return _run(args, body)
+    return with_store(args, body, create=True)
+
+
+def _check_parent(url: str | None) -> None:
+    path = sqlite_path(url) if url else None
+    if path is not None and not path.parent.is_dir():
+        raise CliError(
+            f"no directory {str(path.parent)!r} for {str(path)!r}: create it, or pass "
+            "--create to make it",
+            code=ErrorCode.NO_STORE,
+        )
 
 
 # -- start / send / cancel
@@ -86,40 +104,90 @@ def _migrate(args: argparse.Namespace) -> int:
 def _configure_start(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", help="the workflow name a worker knows (its --app key)")
     p.add_argument("machine_id", metavar="ID")
-    p.add_argument("--context", metavar="JSON", default="{}", help="the machine's context")
+    p.add_argument(
+        "--context", metavar="JSON", default="{}", help="the machine's context, a JSON object"
+    )
+    add_app_arg(p)
     _db(p)
 
 
 @command("start", "start a machine for the workers to run", _configure_start)
 def _start(args: argparse.Namespace) -> int:
     context = _json_arg(args.context, "--context")
+    if not isinstance(context, dict):
+        raise CliError(
+            f'--context must be a JSON object like \'{{"key": "value"}}\', not a JSON '
+            f"{_json_kind(context)}: a worker runs the machine with a dict context",
+            code=ErrorCode.INVALID_CONTEXT,
+        )
+    if args.app:
+        check_workflow(load_app(args.app), args.app, args.workflow)
 
     async def body(store: RuntimeStore) -> int:
-        await store.start(args.workflow, args.machine_id, context)
-        say(f"started {args.machine_id} ({args.workflow})")
+        try:
+            await store.start(args.workflow, args.machine_id, context)
+        except StateMachineError as e:
+            if e.code != ErrorCode.CONFLICT:
+                raise
+            raise CliError(
+                f"machine {args.machine_id!r} already exists: pick another ID, or look at "
+                f"it with: deploysm show {args.machine_id}",
+                exit_code=1,
+                code=e.code,
+            ) from None
+        if args.app:
+            say(f"started {args.machine_id} ({args.workflow})")
+        else:
+            say(
+                f"started {args.machine_id} ({args.workflow}, unchecked: pass --app MODULE:ATTR "
+                "to check the workflow name against the definitions the workers run)"
+            )
         return 0
 
     return _run(args, body)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _configure_send(p: argparse.ArgumentParser) -> None:
     p.add_argument("machine_id", metavar="ID")
     p.add_argument("event", metavar="EVENT")
     p.add_argument("--payload", metavar="JSON", help="the event's payload")
-    p.add_argument("--event-id", metavar="KEY", help="de-duplication key: sent twice, applied once")
+    p.add_argument(
+        "--event-id",
+        metavar="KEY",
+        help="de-duplication key: sent twice, applied once (default: a new random key)",
+    )
+    add_app_arg(p)
     _db(p)
 
 
 @command("send", "send an event to a machine's inbox", _configure_send)
 def _send(args: argparse.Namespace) -> int:
     payload = _json_arg(args.payload, "--payload")
+    app = load_app(args.app) if args.app else None
 
     async def body(store: RuntimeStore) -> int:
+        note = None
+        if app is not None:
+            note = await check_event(store, app, args.app, args.machine_id, args.event)
         event: dict[str, Any] = {"type": args.event}
         if payload is not None:
             event["payload"] = payload
         added = await store.send(args.machine_id, event, event_id=args.event_id)
-        say(f"sent {args.event} to {args.machine_id}" if added else "already sent; ignored")
+        if not added:
+            say("already sent; ignored")
+        elif app is None:
+            say(
+                f"sent {args.event} to {args.machine_id}: queued unchecked (pass --app "
+                "MODULE:ATTR to check the event against the workflow); if the machine "
+                f"refuses it, that shows in: deploysm history {args.machine_id}"
+            )
+        else:
+            say(f"sent {args.event} to {args.machine_id}" + (f"; note: {note}" if note else ""))
         return 0
 
     return _run(args, body)
@@ -172,7 +240,9 @@ def _prune(args: argparse.Namespace) -> int:
     async def body(store: RuntimeStore) -> int:
         prune = getattr(store, "prune", None)
         if prune is None:
-            raise CliError(f"{type(store).__name__} cannot prune", exit_code=1)
+            raise CliError(
+                f"{type(store).__name__} cannot prune", exit_code=1, code=ErrorCode.INVALID_ACTION
+            )
         counts = await prune(args.older_than)
         if args.json:
             print(json.dumps({"journal": counts.journal, "inbox": counts.inbox}))
@@ -222,10 +292,16 @@ def load_app(target: str) -> dict[str, Any]:
 def _configure_worker(p: argparse.ArgumentParser) -> None:
     _db(p)
     p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the workflows to run")
-    p.add_argument("--concurrency", type=int, default=16, metavar="N")
-    p.add_argument("--worker-id", metavar="NAME")
-    p.add_argument("--lease-ms", type=int, default=30_000, metavar="MS")
-    p.add_argument("--poll-ms", type=int, default=1_000, metavar="MS")
+    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="machines run at once")
+    p.add_argument(
+        "--worker-id", metavar="NAME", help="this worker's name in leases (default: HOST:PID:N)"
+    )
+    p.add_argument(
+        "--lease-ms", type=int, default=30_000, metavar="MS", help="how long a lease lasts"
+    )
+    p.add_argument(
+        "--poll-ms", type=int, default=1_000, metavar="MS", help="how often to look for work"
+    )
     p.add_argument(
         "--log-level",
         choices=sorted(LEVELS, key=LEVELS.__getitem__),

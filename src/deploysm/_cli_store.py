@@ -9,23 +9,22 @@ read (``INVALID_SNAPSHOT``), or the operation failed; 2 usage errors, including 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import getpass
-import logging
 import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from ._cli import CliError, _one_line, command, say
-from ._cli_keys import KEYS_ENV, add_keys_arg, codec_from
+from ._cli_db import with_store
+from ._cli_keys import add_keys_arg
 from ._config import StateMachineConfig, coerce_config
 from ._engine import create_state_machine
 from ._errors import ErrorCode, StateMachineError
 from ._printable import json_text, printable
 from ._snapshot import STATUSES, SerializableState
-from .stores import JournalEntry, MachineInfo, SQLiteStore, Store, open_store
+from .stores import JournalEntry, MachineInfo, Store
 from .stores._parking import PARKED
 
 __all__ = ["summarize"]
@@ -49,44 +48,16 @@ def _store_args(p: argparse.ArgumentParser, *, machine: bool = True, json_: bool
 
 
 def _with_store(args: argparse.Namespace, body: Callable[[Store], Coroutine[Any, Any, int]]) -> int:
-    """Open ``--db`` (exit 2 if that fails), run ``body``, close. Errors of the store
-    or the engine after that are one line each, exit 1."""
-    if not args.db:
-        raise CliError("no store: pass --db URL or set DEPLOYSM_DB")
-    codec = codec_from(args)
-    try:
-        store = open_store(args.db, codec=codec)
-    except (StateMachineError, ValueError) as e:
-        raise CliError(str(e)) from None
-    if isinstance(store, SQLiteStore) and not store.path.is_file():
-        raise CliError(f"no database at {store.path} (--db {args.db})")
-    quiet = logging.getLogger("deploysm")
-    if not quiet.handlers:  # outcomes are printed here; no stray log lines on stderr
-        quiet.addHandler(logging.NullHandler())
-
-    async def go() -> int:
-        try:
-            try:
-                await store.open()
-            except (StateMachineError, OSError) as e:
-                raise CliError(f"cannot open --db {args.db}: {e}") from None
-            try:
-                return await body(store)
-            except StateMachineError as e:
-                hint = ""
-                if e.code == ErrorCode.INVALID_SNAPSHOT and codec is None:
-                    hint = f" (an encrypted store? pass --keys-env VAR or set {KEYS_ENV})"
-                raise CliError(f"{e.code}: {e}{hint}", exit_code=1) from None
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    """Open ``--db`` (exit 2 if that fails; a missing store is never created), run
+    ``body``, close. Errors of the store or the engine after that are one line, exit 1."""
+    return with_store(args, body)
 
 
 def _not_found(args: argparse.Namespace) -> CliError:
     return CliError(
-        f"{ErrorCode.UNKNOWN_MACHINE}: machine {args.machine_id!r} not found in {args.db}",
+        f"machine {args.machine_id!r} not found in {args.db}",
         exit_code=1,
+        code=ErrorCode.UNKNOWN_MACHINE,
     )
 
 
@@ -384,6 +355,7 @@ def _resolve(args: argparse.Namespace) -> int:
                 f"machine {args.machine_id!r} is {snap.status}, not needs_attention: "
                 "nothing to resolve",
                 exit_code=1,
+                code=ErrorCode.INVALID_ACTION,
             )
         info = await _info(store, args.machine_id)
         config = _pick(app, args.app, info.workflow if info else None, snap.definition_id)

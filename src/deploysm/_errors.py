@@ -54,6 +54,10 @@ class ErrorCode:
     CORRUPT_ROW = "CORRUPT_ROW"
     INVALID_TEXT = "INVALID_TEXT"
     CANNOT_RUN = "CANNOT_RUN"
+    NO_STORE = "NO_STORE"  # create=False and there is no store there yet
+    UNKNOWN_WORKFLOW = "UNKNOWN_WORKFLOW"  # a workflow name the definitions do not have
+    USAGE = "USAGE"  # the command line: bad arguments, a TARGET that cannot be loaded
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # the command line: a bug in deploysm
 
 
 class StateMachineError(Exception):

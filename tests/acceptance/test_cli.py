@@ -81,7 +81,7 @@ def test_demo_bad_db_exits_2(tmp_path: Path) -> None:
     r = deploysm("demo", "--db", "mysql://nowhere/db")
     assert r.returncode == 2
     assert r.stderr.strip() == (
-        "deploysm demo: error: cannot open --db mysql://nowhere/db: unknown store URL "
+        "deploysm demo: error: USAGE: cannot open --db mysql://nowhere/db: unknown store URL "
         "scheme 'mysql': use a file path, sqlite:///path, memory:// or postgresql://..."
     )
 

@@ -183,6 +183,7 @@ def test_an_event_named_clear_screen_does_not_clear_the_operators_screen(tmp_pat
             check=False,
         )
 
+    assert cli("migrate").returncode == 0
     for args in (("start", "wf\x1b[2J", "m\x1b[2J\rX"), ("send", "m\x1b[2J\rX", "\x1b[2J")):
         r = cli(*args)
         assert r.returncode == 0, r.stderr

@@ -106,6 +106,7 @@ def test_every_verb_writes_encrypted_with_deploysm_keys(tmp_path: Path) -> None:
 def test_no_verb_writes_in_clear_into_an_encrypted_store(tmp_path: Path) -> None:
     path = tmp_path / "enc.db"
     db = f"sqlite:///{path}"
+    assert cli("migrate", db=db).returncode == 0
     assert cli("start", "pipeline", "m1", "--context", "{}", db=db).returncode == 0
     before = _raw(path)
     refused = [

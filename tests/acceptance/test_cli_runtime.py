@@ -95,6 +95,7 @@ async def _load(path: Path, machine_id: str) -> object:
 def test_errors_are_one_line_with_an_exit_code(
     tmp_path: Path, args: tuple[str, ...], code: int, says: str
 ) -> None:
+    assert cli("migrate", db=f"sqlite:///{tmp_path}/e.db").returncode == 0
     done = cli(*args, db=f"sqlite:///{tmp_path}/e.db")
     assert done.returncode == code, done.stderr
     assert says in done.stderr and "Traceback" not in done.stderr

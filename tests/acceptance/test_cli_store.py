@@ -153,9 +153,13 @@ def test_ls_filters_by_status(db: str, status: str, ids: list[str]) -> None:
 
 def test_ls_says_when_there_is_nothing(db: str, tmp_path: Path) -> None:
     assert ok("ls", "--db", db, "--status", "failed") == "no machines with status failed\n"
-    asyncio.run(SQLiteStore(tmp_path / "empty.db").close())
-    (tmp_path / "empty.db").touch()
-    assert ok("ls", "--db", f"sqlite:///{tmp_path}/empty.db") == "no machines\n"
+    empty = tmp_path / "empty.db"
+    assert cli("migrate", "--db", str(empty)).returncode == 0
+    assert ok("ls", "--db", f"sqlite:///{empty}") == "no machines\n"
+    empty.unlink()
+    empty.touch()  # an empty file is no store: ls neither writes a schema into it nor lists it
+    assert "NO_STORE: no store at" in one_line_error(cli("ls", "--db", str(empty)), 2)
+    assert empty.read_bytes() == b""
 
 
 # -- show
@@ -308,7 +312,10 @@ def test_errors_on_a_good_store(db: str, args: list[str], code: int, expected: s
     [
         (["ls", "--db", "mysql://somewhere/db"], "unknown store URL scheme 'mysql'"),
         (["ls", "--db", "sqlite://x.db"], "bad SQLite URL"),
-        (["show", "x", "--db", "/nonexistent/dir/x.db"], "no database at /nonexistent/dir/x.db"),
+        (
+            ["show", "x", "--db", "/nonexistent/dir/x.db"],
+            "NO_STORE: no store at /nonexistent/dir/x.db; run deploysm migrate --db",
+        ),
         (["history", "x"], "no store: pass --db URL or set DEPLOYSM_DB"),
     ],
 )

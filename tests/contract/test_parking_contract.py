@@ -177,7 +177,7 @@ async def test_a_worker_parks_a_machine_it_holds_but_cannot_run(
 ) -> None:
     rt = await make_store()
     await _with_event(rt, make_snapshot, "a")
-    await rt.start("wf", "fresh", ["not", "an", "object"])
+    await rt.start("wf", "fresh", {"n": 1})  # never run: parked before its first snapshot
     claims = {c.machine_id: c for c in await rt.claim("w1", limit=10, lease_ms=LEASE)}
     assert sorted(claims) == ["a", "fresh"]
     why = StateMachineError("snapshot context is invalid: not an object", "INVALID_SNAPSHOT")

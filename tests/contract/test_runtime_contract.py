@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,6 +83,26 @@ async def test_start_refuses_a_context_json_cannot_hold(rt: Any) -> None:
         await rt.start("wf", "m", {"x": object()})
     assert info.value.code == ErrorCode.INVALID_CONTEXT
     assert await rt.list() == []
+
+
+@pytest.mark.parametrize("context", [[1, 2], "text", 3, None, True])
+async def test_start_refuses_a_context_that_is_not_a_json_object(rt: Any, context: Any) -> None:
+    # a worker runs the machine with a dict context: anything else could never run
+    with pytest.raises(StateMachineError) as info:
+        await rt.start("wf", "m", context)
+    assert info.value.code == ErrorCode.INVALID_CONTEXT
+    assert "JSON object" in info.value.message
+    assert await rt.list() == []
+
+
+async def test_start_takes_a_dataclass_context_as_its_fields(rt: Any) -> None:
+    @dataclass
+    class Ctx:
+        app: str
+
+    await rt.start("wf", "m", Ctx("web"))
+    (claim,) = await rt.claim("w1", limit=1, lease_ms=LEASE)
+    assert claim.context == {"app": "web"}
 
 
 async def test_worker_first_save_expects_version_zero(rt: Any, make_snapshot: MakeSnapshot) -> None:

@@ -133,7 +133,7 @@ async def test_started_machine_has_no_snapshot_yet(store: SQLiteStore) -> None:
 
 
 async def test_send_queues_in_order_and_consumed_events_are_delivered(store: SQLiteStore) -> None:
-    await store.start("flow", "m", None)
+    await store.start("flow", "m", {})
     assert await store.next_event("m") is None
     assert await store.send("m", "GO", event_id="e1") is True
     assert await store.send("m", Event("FINISH", {"by": "bob"}, correlation_id="c-7")) is True
@@ -164,8 +164,8 @@ async def test_send_queues_in_order_and_consumed_events_are_delivered(store: SQL
 async def test_event_ids_are_deduplicated_per_machine_even_after_delivery(
     store: SQLiteStore,
 ) -> None:
-    await store.start("flow", "a", None)
-    await store.start("flow", "b", None)
+    await store.start("flow", "a", {})
+    await store.start("flow", "b", {})
     assert await store.send("a", "GO", event_id="x") is True
     assert await store.send("a", "FINISH", event_id="x") is False
     assert await store.send("b", "GO", event_id="x") is True  # per machine
@@ -183,7 +183,7 @@ async def test_send_errors(store: SQLiteStore) -> None:
     assert await code_of(store.send("nope", "GO")) == ErrorCode.UNKNOWN_MACHINE
     await store.save(await snapshot("done", status="completed"), expected_version=None)
     assert await code_of(store.send("done", "GO", event_id="late")) == ErrorCode.NOT_ACTIVE
-    await store.start("flow", "m", None)
+    await store.start("flow", "m", {})
     assert await code_of(store.send("m", "")) == "INVALID_EVENT"
     assert await code_of(store.send("m", 42)) == "INVALID_EVENT"
     assert await code_of(store.send("m", Event("GO", {1, 2}))) == "INVALID_EVENT"

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._clock import Clock
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from . import _parking as parking
@@ -40,6 +39,7 @@ from ._runtime import (
     Lease,
     LeaseHeld,
     already_finished,
+    context_object,
     event_fields,
     holds_lease,
     inbox_event,
@@ -210,10 +210,7 @@ class MemoryStore(AsyncOpenClose):
     # ---------------------------------------------------------------- runtime
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
-        try:
-            data = jsonable(context)
-        except TypeError as e:
-            raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
+        data = context_object(context)
         async with self._lock:
             if machine_id in self._rows:
                 raise conflict(machine_id, None, self._rows[machine_id].version)

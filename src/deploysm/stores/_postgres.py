@@ -28,7 +28,6 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from . import _parking as parking
@@ -75,6 +74,7 @@ from ._runtime import (
     InboxEvent,
     Lease,
     already_finished,
+    context_object,
     event_fields,
     holds_lease,
     inbox_event,
@@ -96,7 +96,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
     ``LISTEN`` connection of ``wait_for_work`` is one more, opened on first use.
     ``connect_timeout`` (seconds) bounds connecting and waiting for a pooled
     connection; past it, or when the server is unreachable, calls fail with
-    ``STORE_UNAVAILABLE``.
+    ``STORE_UNAVAILABLE``. ``create=False`` creates nothing: a schema without
+    deploysm's tables is ``NO_STORE`` (an older schema is still upgraded).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         max_size: int = 8,
         schema: str = "public",
         connect_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         check_dsn(dsn)
         if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
@@ -124,6 +126,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = float(connect_timeout)
+        self.create = bool(create)
+        self.migrated: list[int] = []  # the schema versions the last open() applied
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: Listener | None = None
         self._lock = asyncio.Lock()
@@ -139,7 +143,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         async with self._lock:
             if self._pool is not None:
                 return
-            await self.migrate()
+            self.migrated = await self.migrate()
             pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
                 self.dsn,
                 min_size=self.min_size,
@@ -186,7 +190,7 @@ class PostgresStore(SealingStore, AsyncOpenClose):
         except psycopg.Error as e:
             raise db_error(e, self.dsn, "connecting") from e
         try:
-            return await migrate(conn, self.schema)
+            return await migrate(conn, self.schema, self.create)
         except psycopg.Error as e:
             raise db_error(e, self.dsn, "migrating the schema") from e
         finally:
@@ -314,8 +318,8 @@ class PostgresStore(SealingStore, AsyncOpenClose):
     # ---------------------------------------------------------------- runtime
 
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
+        data = context_object(context)
         try:
-            data = jsonable(context)
             text = json.dumps(data, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e

@@ -130,12 +130,22 @@ async def _version(conn: psycopg.AsyncConnection[Any], schema: str, known: int) 
     return found
 
 
-async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
+async def migrate(
+    conn: psycopg.AsyncConnection[Any], schema: str, create: bool = True
+) -> list[int]:
     """Bring ``schema`` up to date on ``conn`` (an autocommit connection); returns the
-    versions applied (none when it was current). Safe when processes race to do it."""
+    versions applied (none when it was current). Safe when processes race to do it.
+    ``create=False`` refuses (``NO_STORE``) a schema without deploysm's tables."""
     known = migrations()
-    if await _version(conn, schema, len(known)) == len(known):
+    current = await _version(conn, schema, len(known))
+    if current == len(known):
         return []
+    if current == 0 and not create:
+        raise StateMachineError(
+            f"no deploysm store in schema {schema!r} (opened with create=False): create it "
+            "with create=True or `deploysm migrate`",
+            ErrorCode.NO_STORE,
+        )
     ident = sql.Identifier(schema)
     applied: list[int] = []
     async with conn.transaction():

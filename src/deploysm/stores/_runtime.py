@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from .._types import Event
@@ -26,6 +27,7 @@ __all__ = [
     "Lease",
     "LeaseHeld",
     "RuntimeStore",
+    "context_object",
     "event_fields",
     "already_finished",
     "holds_lease",
@@ -216,3 +218,20 @@ def unknown_machine(machine_id: str) -> StateMachineError:
     return StateMachineError(
         f"machine {machine_id!r} does not exist: start it first", UNKNOWN_MACHINE
     )
+
+
+def context_object(context: Any) -> dict[str, Any]:
+    """The start context of ``RuntimeStore.start`` as JSON data: it must be a JSON
+    object (a dict with string keys, a dataclass, a pydantic model), since a worker
+    builds the machine's context from it; anything else is ``INVALID_CONTEXT``."""
+    try:
+        data = jsonable(context)
+    except TypeError as e:
+        raise StateMachineError(f"context cannot be stored: {e}", ErrorCode.INVALID_CONTEXT) from e
+    if not isinstance(data, dict):
+        raise StateMachineError(
+            f"a started machine's context must be a JSON object, not {type(context).__name__}"
+            " (a worker runs it with a dict context)",
+            ErrorCode.INVALID_CONTEXT,
+        )
+    return data

@@ -66,7 +66,7 @@ from ._sealed import (
     unseal,
 )
 from ._sqlite_runtime import SQLiteRuntime, Wakeups, now_us
-from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, store_error, utc_text
+from ._sqlite_writer import SCHEMA_TOO_NEW, STORE_BUSY, Writer, no_store, store_error, utc_text
 
 __all__ = ["SCHEMA_TOO_NEW", "STORE_BUSY", "SQLiteStore"]
 
@@ -130,7 +130,8 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
     """A ``Store`` in one SQLite file. ``async with SQLiteStore(path) as store:`` opens
     and closes it; a store that is used before ``open()`` (or after ``close()``)
     opens itself. ``":memory:"`` is refused: the writer thread owns its connection,
-    so an in-memory database would not be shared with the reader."""
+    so an in-memory database would not be shared with the reader. ``create=False``
+    creates nothing: ``open()`` of a missing file is ``NO_STORE``."""
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         codec: Codec | None = None,
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
+        create: bool = True,
     ) -> None:
         text = os.fspath(path)
         if not isinstance(text, str) or not text or text == ":memory:" or "mode=memory" in text:
@@ -161,6 +163,8 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         self._marked = False  # deploysm_meta says the store holds encrypted rows
         self.synchronous = sync
         self.busy_timeout_ms = busy_timeout_ms
+        self.create = bool(create)
+        self.migrated: list[int] = []  # the schema versions the last open() applied
         self._writer: Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._opening: asyncio.Future[None] | None = None
@@ -175,7 +179,9 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
     # ---------------------------------------------------------------- lifecycle
 
     async def open(self) -> None:
-        """Create the file (and its folder) if needed, apply migrations, start the writer."""
+        """Create the file (and its folder) if needed, apply migrations, start the writer.
+        With ``create=False`` nothing is created: a missing file, or one without a
+        deploysm schema, is ``NO_STORE`` (an older schema is still upgraded)."""
         if self._writer is not None:
             return
         if self._opening is not None:
@@ -183,9 +189,15 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
             return
         opening = self._opening = asyncio.get_running_loop().create_future()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.create and (not self.path.is_file() or not self.path.stat().st_size):
+                raise no_store(self.path)  # an empty file too: it would be written to
+            if self.create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = Writer(
-                str(self.path), busy_timeout_ms=self.busy_timeout_ms, synchronous=self.synchronous
+                str(self.path),
+                busy_timeout_ms=self.busy_timeout_ms,
+                synchronous=self.synchronous,
+                create=self.create,
             )
             reader = await writer.start()
         except BaseException as e:
@@ -198,6 +210,7 @@ class SQLiteStore(SQLiteRuntime, SealingStore, AsyncOpenClose):
         finally:
             self._opening = None
         self._writer, self._reader = writer, reader
+        self.migrated = writer.migrated
         self._marked = reader.execute(MARKED).fetchone() is not None
         self._finalizer = weakref.finalize(self, _abandon, writer, reader)
         opening.set_result(None)

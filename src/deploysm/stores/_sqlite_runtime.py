@@ -36,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._codec import jsonable
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
 from . import _parking as parking
@@ -55,6 +54,7 @@ from ._runtime import (
     Claim,
     InboxEvent,
     already_finished,
+    context_object,
     event_fields,
     inbox_event,
     unknown_machine,
@@ -379,10 +379,10 @@ class SQLiteRuntime:
     async def start(self, workflow: str, machine_id: str, context: Any) -> None:
         """Create a machine for a worker to run (no snapshot until its first run; ``load``
         returns ``None`` until then). An existing id is ``CONFLICT``."""
+        value = context_object(context)
         try:
-            value = jsonable(context)
             data: str | bytes = _dumps(value)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise StateMachineError(f"context cannot be stored: {e}", "INVALID_CONTEXT") from e
         await self._writable()
         if self._seals:

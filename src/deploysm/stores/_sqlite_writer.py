@@ -21,6 +21,7 @@ in order inside ``BEGIN IMMEDIATE`` and recorded in the ``deploysm_schema`` tabl
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import re
 import sqlite3
@@ -162,15 +163,28 @@ def _schema_version(conn: sqlite3.Connection, known: int) -> int:
     return int(found)
 
 
-def migrate(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-    """Bring the schema up to date; idempotent and safe when processes race to do it."""
+def no_store(path: str | os.PathLike[str]) -> StateMachineError:
+    return StateMachineError(
+        f"no deploysm store at {os.fspath(path)!r} (opened with create=False): create it "
+        "with create=True or `deploysm migrate`",
+        ErrorCode.NO_STORE,
+    )
+
+
+def migrate(conn: sqlite3.Connection, busy_timeout_ms: int, create: bool = True) -> list[int]:
+    """Bring the schema up to date; idempotent and safe when processes race to do it.
+    Returns the versions applied; ``create=False`` refuses a file without a schema."""
     known = migrations()
-    if _schema_version(conn, len(known)) == len(known):
-        return
+    current = _schema_version(conn, len(known))
+    if current == len(known):
+        return []
+    if current == 0 and not create:
+        raise no_store(conn.execute("PRAGMA database_list").fetchone()[2])
     retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), busy_timeout_ms)
     try:
         conn.execute(_SCHEMA_TABLE)
         current = _schema_version(conn, len(known))  # again, under the write lock
+        applied = [m.version for m in known[current:]]
         for m in known[current:]:
             for stmt in m.statements:
                 conn.execute(stmt)
@@ -184,6 +198,7 @@ def migrate(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
+    return applied
 
 
 def connect(path: str, busy_timeout_ms: int, synchronous: str, writer: bool) -> sqlite3.Connection:
@@ -243,8 +258,12 @@ class Writer:
     ``commits`` counts the batch transactions committed, ``requests`` the operations
     run (a store's group-commit ratio is ``requests / commits``)."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int, synchronous: str) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout_ms: int, synchronous: str, create: bool = True
+    ) -> None:
         self.path = path
+        self.create = create
+        self.migrated: list[int] = []
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.commits = 0
@@ -353,7 +372,7 @@ class Writer:
         conn: sqlite3.Connection | None = None
         try:
             conn = connect(self.path, self.busy_timeout_ms, self.synchronous, writer=True)
-            migrate(conn, self.busy_timeout_ms)
+            self.migrated = migrate(conn, self.busy_timeout_ms, self.create)
             reader = connect(self.path, self.busy_timeout_ms, self.synchronous, writer=False)
         except Exception as e:
             if conn is not None:
