@@ -1,11 +1,12 @@
 """The ``RuntimeStore`` half of ``SQLiteStore``: starts, inboxes, leases, claims, wake-ups.
 
 Every write (``start``, ``send``, ``request_cancel``, ``claim``, ``renew``,
-``release``, and the lease checks of ``save``) is ONE operation on the writer thread,
-run inside the batch's ``BEGIN IMMEDIATE`` transaction: SQLite lets one writer at a
-time into a file, so a claim's read of the candidates and its update of their leases
-cannot interleave with another claim, in this process or in any other. Two workers
-can therefore never hold the same machine, and a duplicate event id lands once.
+``release``, parking (see ``_sqlite_parking``), and the lease checks of ``save``) is
+ONE operation on the writer thread, run inside the batch's ``BEGIN IMMEDIATE``
+transaction: SQLite lets one writer at a time into a file, so a claim's read of the
+candidates and its update of their leases cannot interleave with another claim, in
+this process or in any other. Two workers can therefore never hold the same machine,
+and a duplicate event id lands once.
 
 Lease and timer times (``lease_expires_at``, ``wake_at``) are INTEGER microseconds
 since the Unix epoch, from the wall clock (UTC): exact, and integers compare the way
@@ -38,18 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import ErrorCode, StateMachineError
 from .._snapshot import SerializableState
-from . import _parking as parking
-from ._base import Codec, conflict, error_text
-from ._parking import (
-    PARKED,
-    UNPARKED,
-    UNREADABLE,
-    check_snapshot,
-    check_unpark,
-    log_parked,
-    parked_error,
-    reason,
-)
+from ._base import Codec, conflict
+from ._parking import parked_error
 from ._runtime import (
     Claim,
     InboxEvent,
@@ -60,6 +51,7 @@ from ._runtime import (
     unknown_machine,
 )
 from ._sealed import error_column, seal, unseal
+from ._sqlite_parking import ErrorColumn, park_held, park_unreadable, unpark_row
 from ._sqlite_writer import utc_text
 
 __all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "now_us", "to_us"]
@@ -115,14 +107,6 @@ _RELEASE = (
     "UPDATE machines SET lease_owner = NULL, lease_expires_at = NULL, wake_at = ?"
     " WHERE id = ? AND fencing_token = ?"
 )
-_PARK = "UPDATE machines SET status = ?, last_error = ? WHERE id = ? RETURNING version"
-_PARK_HELD = (
-    "UPDATE machines SET status = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
-    " WHERE id = ? AND fencing_token = ? RETURNING version"
-)
-# The last error column of a machine: its text, or the codec's bytes (stores/_sealed).
-ErrorColumn = Callable[[str, str | None], str | bytes | None]
-_NOTE = "INSERT INTO journal (machine_id, version, kind, at, data) VALUES (?, ?, ?, ?, ?)"
 _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
     " WHERE machine_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT 1"
@@ -215,63 +199,11 @@ def _claim(
             snap = None if blob is None else decode(mid, blob)
             ctx = None if context is None else context_of(mid, context)
         except StateMachineError as e:  # unreadable: parked, the others are claimed
-            _park(conn, mid, e, error_of(mid, parked_error(e)))
+            park_unreadable(conn, mid, e, error_of(mid, parked_error(e)))
             continue
         ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
         out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel), old))
     return out
-
-
-def _note(conn: sqlite3.Connection, mid: str, version: int, kind: str, data: Any) -> None:
-    conn.execute(_NOTE, (mid, version, kind, utc_text(), _dumps(data)))
-
-
-def _park(
-    conn: sqlite3.Connection, mid: str, error: StateMachineError, column: str | bytes | None
-) -> None:
-    ((version,),) = conn.execute(_PARK, (PARKED, column, mid)).fetchall()
-    _note(conn, mid, version, UNREADABLE, reason(error))
-    log_parked(mid, error)
-
-
-def _park_held(
-    conn: sqlite3.Connection,
-    mid: str,
-    token: int,
-    error: StateMachineError,
-    column: str | bytes | None,
-) -> bool:
-    row = conn.execute(_PARK_HELD, (PARKED, column, mid, token)).fetchone()
-    if row is None:
-        return False
-    _note(conn, mid, row[0], parking.UNRUNNABLE, reason(error))
-    return True
-
-
-def _unpark(
-    conn: sqlite3.Connection,
-    decode: Callable[[str, Any], SerializableState],
-    context_of: Callable[[str, Any], Any],
-    error_of: ErrorColumn,
-    mid: str,
-) -> SerializableState | None:
-    sql = "SELECT status, snapshot, start_context FROM machines WHERE id = ?"
-    row = conn.execute(sql, (mid,)).fetchone()
-    if row is None:
-        raise unknown_machine(mid)
-    status, blob, context = row
-    check_unpark(mid, status, blob is not None or context is not None)
-    snap = None
-    if blob is None:  # never run: its start context was what could not be read
-        context_of(mid, context)
-        status, error = "active", None
-    else:
-        snap = decode(mid, blob)
-        check_snapshot(snap)
-        status, error = snap.status, error_of(mid, error_text(snap.last_error))
-    ((version,),) = conn.execute(_PARK, (status, error, mid)).fetchall()
-    _note(conn, mid, version, UNPARKED, {"status": status})
-    return snap
 
 
 def _renew(
@@ -439,14 +371,14 @@ class SQLiteRuntime:
         """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
         ``False`` (nothing written) when that lease is no longer held."""
         column = self._error_column(machine_id, parked_error(error))
-        return await self.run_write(lambda c: _park_held(c, machine_id, token, error, column))
+        return await self.run_write(lambda c: park_held(c, machine_id, token, error, column))
 
     async def unpark(self, machine_id: str) -> SerializableState | None:
         """Put a machine a claim parked back (see ``_parking``); ``INVALID_SNAPSHOT`` while
         its snapshot (or, never run, its start context) still cannot be read,
         ``NOT_PARKED`` if no claim parked it. Returns the snapshot (``None``: never run)."""
         decode, ctx, err = self._decode_snapshot, self._start_context, self._error_column
-        snap = await self.run_write(lambda c: _unpark(c, decode, ctx, err, machine_id))
+        snap = await self.run_write(lambda c: unpark_row(c, decode, ctx, err, machine_id))
         self._wakeups.notify()
         return snap
 
