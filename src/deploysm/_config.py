@@ -107,7 +107,7 @@ class StateMachineConfig(Generic[S, E, C]):
     outgoing transition). ``failure_states``: those of the final states that mean the
     workflow failed; entering one makes the machine's status ``failed`` (not
     ``completed``, and ``on_complete`` is not called). Default: ``["failed"]`` when
-    ``"failed"`` is a final state (the seed's deployment workflow has one), else
+    ``"failed"`` is a final state (the example deployment workflow has one), else
     none; ``[]`` says that no final state is a failure. Each must be a final state.
     """
 

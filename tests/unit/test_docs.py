@@ -68,3 +68,13 @@ def test_documented_code_type_checks_strictly(tmp_path: Path) -> None:
         ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".cache"), *files]
     )
     assert status == 0, out + err
+
+
+def test_docs_do_not_speak_of_the_seed() -> None:
+    """A new user does not know what "the seed" was: the docs and the config's help
+    name the example or the callables themselves."""
+    from deploysm import StateMachineConfig
+
+    for path in DOCS:
+        assert "seed's" not in path.read_text(), path.name
+    assert "seed's" not in (StateMachineConfig.__doc__ or "")
