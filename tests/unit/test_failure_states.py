@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import simple_config
 
 import deploysm
+from conftest import simple_config
 from deploysm import (
     ErrorCode,
     RetryPolicy,
