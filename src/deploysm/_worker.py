@@ -99,6 +99,7 @@ class Worker:
             self.concurrency,
             self.lease_ms,
         )
+        await exits.log_waits(self.store, self.worker_id, self._names)
         try:
             while not self._stopping:
                 if self._write_pause:  # a machine's write failed: give the store time
@@ -144,6 +145,7 @@ class Worker:
         await self.store.open()
         self._stopping = False
         start = self.processed
+        await exits.log_waits(self.store, self.worker_id, self._names)
         renewer = asyncio.get_running_loop().create_task(self._renew_forever())
         try:
             while True:

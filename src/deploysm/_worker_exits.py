@@ -1,10 +1,14 @@
 """How a worker lets go of a machine other than by finishing its run, and what it logs
 then: parking one it cannot run, handing one back when it stops during a retry delay,
-taking one over from a worker whose lease expired."""
+taking one over from a worker whose lease expired (and, at start, the machines whose
+lease it waits for)."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 from ._engine import StateMachine
@@ -12,7 +16,15 @@ from ._errors import ErrorCode, StateMachineError
 from ._leased import LeasedStore
 from .stores._runtime import Claim, RuntimeStore
 
-__all__ = ["about", "cannot_run", "hand_back", "log_needs_attention", "log_takeover", "park"]
+__all__ = [
+    "about",
+    "cannot_run",
+    "hand_back",
+    "log_needs_attention",
+    "log_takeover",
+    "log_waits",
+    "park",
+]
 
 logger = logging.getLogger("deploysm.worker")
 
@@ -95,3 +107,36 @@ def log_takeover(claim: Claim) -> None:
         claim.taken_from,
         extra=about(claim),
     )
+
+
+WAITS_SHOWN = 10  # machines named one line each; the rest in one count
+
+
+async def log_waits(store: RuntimeStore, worker_id: str, workflows: Collection[str]) -> None:
+    """One line per machine with work of ``workflows`` whose lease another worker holds
+    (the first ``WAITS_SHOWN``): how long until it expires, and whose it is. One store
+    query; a store that cannot say (or cannot now) says nothing, the claims go on."""
+    find = getattr(store, "leased_elsewhere", None)
+    if find is None:
+        return
+    try:
+        held: list[tuple[str, str, datetime]] = await find(worker_id, workflows)
+    except StateMachineError as e:
+        logger.debug("cannot list the leases of other workers: %s", e)
+        return
+    now = datetime.now(UTC)
+    for mid, owner, until in held[:WAITS_SHOWN]:
+        logger.info(
+            "waiting %d s for the lease of worker %s (a stopped worker's lease expires by itself)",
+            max(0, math.ceil((until - now).total_seconds())),
+            owner,
+            extra={
+                "machine_id": mid,
+                "fields": {"owner": owner, "lease_expires_at": until.isoformat()},
+            },
+        )
+    if len(held) > WAITS_SHOWN:
+        logger.info(
+            "and %d more machine(s) wait for the lease of another worker",
+            len(held) - WAITS_SHOWN,
+        )

@@ -180,15 +180,36 @@ def test_sigterm_during_a_retry_delay_gives_the_lease_back_at_once(tmp_path: Pat
     assert kinds(db, "m1").count("committed") == 1
 
 
-def test_taking_over_the_machine_of_a_killed_worker_is_logged(tmp_path: Path) -> None:
-    db = tmp_path / "kill.db"
+def killed_then_taken_over(db: Path, lease_ms: str) -> str:
+    """Worker "doomed" is SIGKILLed in the middle of m1's transition; another worker
+    then runs m1 to the end. That worker's stderr."""
     started(db, "slow", "m1", "GO")
-    doomed = worker(db, "--lease-ms", "1000", "--worker-id", "doomed", env={"SLOW_EFFECT_S": "60"})
+    slow = {"SLOW_EFFECT_S": "60"}
+    doomed = worker(db, "--lease-ms", lease_ms, "--worker-id", "doomed", env=slow)
     wait_for(lambda: "intent" in kinds(db, "m1"), doomed)
     doomed.kill()  # SIGKILL: its lease stays until it expires
     doomed.communicate(timeout=20)
 
-    heir = worker(db, "--lease-ms", "1000")
+    heir = worker(db, "--lease-ms", lease_ms)
     wait_for(lambda: status(db, "m1") == "completed", heir)
-    err = stop(heir)
+    return stop(heir)
+
+
+def test_taking_over_the_machine_of_a_killed_worker_is_logged(tmp_path: Path) -> None:
+    err = killed_then_taken_over(tmp_path / "kill.db", "1000")
     assert "m1: taken over from worker doomed, whose lease expired" in err, err
+
+
+def test_a_starting_worker_says_it_waits_for_the_lease_of_a_killed_worker(
+    tmp_path: Path,
+) -> None:
+    lines = killed_then_taken_over(tmp_path / "wait.db", "4000").splitlines()
+    waiting = [i for i, line in enumerate(lines) if "m1: waiting " in line]
+    assert len(waiting) == 1, lines  # said once, at start, not at every poll
+    line = lines[waiting[0]]
+    assert " INFO deploysm.worker m1: waiting " in line, line
+    assert " s for the lease of worker doomed (a stopped worker's lease expires by itself)" in line
+    seconds = int(line.split("m1: waiting ")[1].split(" s ")[0])
+    assert 0 <= seconds <= 4, line
+    taken = [i for i, line in enumerate(lines) if "m1: taken over from worker doomed" in line]
+    assert len(taken) == 1 and taken[0] > waiting[0], lines

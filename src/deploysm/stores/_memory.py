@@ -280,6 +280,25 @@ class MemoryStore(AsyncOpenClose):
                 out.append(Claim(mid, wf, row.token, snap, row.context, row.cancel, old))
         return out
 
+    async def leased_elsewhere(
+        self, worker_id: str, workflows: Collection[str] | None = None
+    ) -> list[tuple[str, str, datetime]]:
+        """Machines with work that a claim of ``workflows`` would take but for another
+        owner's live lease: (machine id, that owner, when its lease ends), by id."""
+        now = self._time()
+        async with self._lock:
+            return [
+                (mid, row.lease_owner, row.lease_until)
+                for mid, row in sorted(self._rows.items())
+                if row.status == "active"
+                and row.lease_owner is not None
+                and row.lease_owner != worker_id
+                and row.lease_until is not None
+                and row.lease_until > now
+                and row.has_work(now)
+                and (workflows is None or (row.workflow or row.definition_id) in workflows)
+            ]
+
     def _park(self, mid: str, row: _Row, error: StateMachineError) -> None:
         row.status, row.error = PARKED, parked_error(error)
         self._note(mid, row.version, UNREADABLE, reason(error))

@@ -164,6 +164,18 @@ class PostgresRuntime:
             out.append(Claim(mid, workflow or "", int(token), snap, context, bool(cancel), old))
         return out
 
+    async def leased_elsewhere(
+        self, worker_id: str, workflows: Collection[str] | None = None
+    ) -> list[tuple[str, str, datetime]]:
+        """Machines with work that a claim of ``workflows`` would take but for another
+        owner's live lease: (machine id, that owner, when its lease ends), by id."""
+        params = {
+            "worker": worker_id,
+            "workflows": None if workflows is None else sorted(workflows),
+        }
+        rows = await self._fetchall("leased_elsewhere", params, "reading the leases of others")
+        return [(mid, owner, until.astimezone(UTC)) for mid, owner, until in rows]
+
     async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
         """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
         ``False`` (nothing written) when that lease is no longer held."""

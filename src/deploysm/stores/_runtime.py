@@ -158,6 +158,12 @@ class RuntimeStore(Store, Protocol):
     # worker's lease is live), ``consumed`` (inbox seqs marked delivered in the same
     # transaction) and ``lease`` (a ``Lease``: see there; then it returns the machine's
     # fencing token after the write).
+    #
+    # Optional (a worker calls it once at start when the store has it):
+    # leased_elsewhere(worker_id, workflows=None) -> [(machine id, owner, lease expiry)],
+    # the machines with work a claim of ``workflows`` would take but for another owner's
+    # live lease, by id. Not part of the protocol, so stores written before it still are
+    # RuntimeStores.
 
 
 def event_fields(event: Any, event_id: str | None) -> tuple[str, dict[str, Any]]:

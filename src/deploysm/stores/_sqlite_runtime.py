@@ -54,7 +54,7 @@ from ._sealed import error_column, seal, unseal
 from ._sqlite_parking import ErrorColumn, park_held, park_unreadable, unpark_row
 from ._sqlite_writer import utc_text
 
-__all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "now_us", "to_us"]
+__all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "from_us", "now_us", "to_us"]
 
 T = TypeVar("T")
 POLL_INTERVAL_S = 0.05
@@ -76,24 +76,37 @@ _SEND = (
 # Machines with work, each source on an index of its own (no scan of every active
 # machine; INDEXED BY: without statistics the planner would pick machines_status),
 # then those whose lease is free or expired.
-_CANDIDATES = """
+_WORK = """
 WITH work(id) AS (
     SELECT id FROM machines INDEXED BY machines_pending
      WHERE status = 'active' AND (snapshot IS NULL OR busy = 1 OR cancel_requested = 1)
     UNION SELECT id FROM machines WHERE wake_at IS NOT NULL AND wake_at <= :now
     UNION SELECT machine_id FROM inbox WHERE delivered_at IS NULL
 )
-SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context, m.cancel_requested,
-       m.lease_owner
+"""
+_OF = "AND coalesce(nullif(m.workflow, ''), m.definition_id) IN (SELECT value FROM json_each(:wfs))"
+_CANDIDATES = (
+    _WORK
+    + """SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context,
+       m.cancel_requested, m.lease_owner
   FROM work JOIN machines AS m ON m.id = work.id
  WHERE m.status = 'active'
    AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= :now)
    {}
  ORDER BY m.id LIMIT :limit
 """
+)
 _ANY_WORKFLOW = _CANDIDATES.format("")
-_OF_WORKFLOWS = _CANDIDATES.format(
-    "AND coalesce(nullif(m.workflow, ''), m.definition_id) IN (SELECT value FROM json_each(:wfs))"
+_OF_WORKFLOWS = _CANDIDATES.format(_OF)
+# The machines a claim would take but for another owner's live lease.
+_LEASED_ELSEWHERE = (
+    _WORK
+    + """SELECT m.id, m.lease_owner, m.lease_expires_at
+  FROM work JOIN machines AS m ON m.id = work.id
+ WHERE m.status = 'active' AND m.lease_owner IS NOT NULL AND m.lease_owner <> :worker
+   AND m.lease_expires_at > :now {}
+ ORDER BY m.id
+"""
 )
 _TAKE = (
     "UPDATE machines SET lease_owner = ?, lease_expires_at = ?,"
@@ -121,6 +134,11 @@ def now_us() -> int:
 def to_us(d: datetime) -> int:
     """``d`` in microseconds since the Unix epoch; a naive datetime is taken as UTC."""
     return ((d.replace(tzinfo=UTC) if d.tzinfo is None else d) - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    """The UTC datetime ``us`` microseconds after the Unix epoch."""
+    return _EPOCH + us * _US
 
 
 def _dumps(value: Any) -> str:
@@ -233,6 +251,17 @@ def _next_event(conn: sqlite3.Connection, mid: str, codec: Codec) -> InboxEvent 
     if correlation_id is not None:
         fields["correlation_id"] = correlation_id
     return inbox_event(seq, event_id, fields, datetime.fromisoformat(at))
+
+
+def _leased_elsewhere(
+    conn: sqlite3.Connection, worker_id: str, wfs: str | None
+) -> list[tuple[str, str, datetime]]:
+    args = {"now": now_us(), "worker": worker_id}
+    if wfs is None:
+        rows = conn.execute(_LEASED_ELSEWHERE.format(""), args).fetchall()
+    else:
+        rows = conn.execute(_LEASED_ELSEWHERE.format(_OF), {**args, "wfs": wfs}).fetchall()
+    return [(mid, owner, from_us(until)) for mid, owner, until in rows]
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -366,6 +395,14 @@ class SQLiteRuntime:
         # what wait_for_work compares with: a commit from now on may bring new work
         self._claimed_at = await self.run_read(_data_version)
         return out
+
+    async def leased_elsewhere(
+        self, worker_id: str, workflows: Collection[str] | None = None
+    ) -> list[tuple[str, str, datetime]]:
+        """Machines with work that a claim of ``workflows`` would take but for another
+        owner's live lease: (machine id, that owner, when its lease ends), by id."""
+        wfs = None if workflows is None else _dumps(sorted(workflows))
+        return await self.run_read(lambda c: _leased_elsewhere(c, worker_id, wfs))
 
     async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
         """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);

@@ -188,6 +188,25 @@ UPDATE machines m
 RETURNING m.id, coalesce(m.workflow, m.definition_id), m.fencing_token, m.snapshot,
           m.start_context, m.cancel_requested, m.sealed_context, picked.old_owner;
 
+-- name: leased_elsewhere
+-- The machines a claim of these workflows would take but for another owner's live
+-- lease (what a starting worker says it waits for), with that owner and the expiry.
+WITH work AS (
+    SELECT id FROM machines
+     WHERE status = 'active' AND (snapshot IS NULL OR busy OR cancel_requested)
+    UNION
+    SELECT id FROM machines WHERE status = 'active' AND wake_at <= now()
+    UNION
+    SELECT machine_id FROM inbox WHERE delivered_at IS NULL
+)
+SELECT m.id, m.lease_owner, m.lease_expires_at FROM machines m JOIN work w ON w.id = m.id
+ WHERE m.status = 'active'
+   AND m.lease_owner IS NOT NULL AND m.lease_owner <> %(worker)s
+   AND m.lease_expires_at > now()
+   AND (%(workflows)s::text[] IS NULL
+        OR coalesce(m.workflow, m.definition_id) = ANY(%(workflows)s::text[]))
+ ORDER BY m.id;
+
 -- name: renew
 UPDATE machines m
    SET lease_expires_at = now() + %(lease_ms)s::float8 * interval '1 millisecond'
