@@ -8,9 +8,7 @@ candidates and its update of their leases cannot interleave with another claim, 
 this process or in any other. Two workers can therefore never hold the same machine,
 and a duplicate event id lands once.
 
-Lease and timer times (``lease_expires_at``, ``wake_at``) are INTEGER microseconds
-since the Unix epoch, from the wall clock (UTC): exact, and integers compare the way
-time runs. Processes sharing a file share the host's clock.
+Which machines have work, claims, renewals and lease times are in ``_sqlite_claims``.
 
 Wake-ups: SQLite cannot notify another process. ``wait_for_work`` returns at once
 when this same store object ran ``start``/``send``/``request_cancel``/``release``
@@ -30,10 +28,9 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,16 +48,15 @@ from ._runtime import (
     unknown_machine,
 )
 from ._sealed import error_column, seal, unseal
-from ._sqlite_parking import ErrorColumn, park_held, park_unreadable, unpark_row
+from ._sqlite_claims import claim_op, data_version, leased_op, probe, renew_op, to_us
+from ._sqlite_parking import park_held, unpark_row
 from ._sqlite_writer import utc_text
 
-__all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "from_us", "now_us", "to_us"]
+__all__ = ["POLL_INTERVAL_S", "SQLiteRuntime", "Wakeups", "to_us"]
 
 T = TypeVar("T")
 POLL_INTERVAL_S = 0.05
 _FINISHED = ("completed", "failed", "cancelled")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 # --------------------------------------------------------------------------- SQL
 
@@ -76,46 +72,6 @@ _SEND = (
 # Machines with work, each source on an index of its own (no scan of every active
 # machine; INDEXED BY: without statistics the planner would pick machines_status),
 # then those whose lease is free or expired.
-_WORK = """
-WITH work(id) AS (
-    SELECT id FROM machines INDEXED BY machines_pending
-     WHERE status = 'active' AND (snapshot IS NULL OR busy = 1 OR cancel_requested = 1)
-    UNION SELECT id FROM machines WHERE wake_at IS NOT NULL AND wake_at <= :now
-    UNION SELECT machine_id FROM inbox WHERE delivered_at IS NULL
-)
-"""
-_OF = "AND coalesce(nullif(m.workflow, ''), m.definition_id) IN (SELECT value FROM json_each(:wfs))"
-_CANDIDATES = (
-    _WORK
-    + """SELECT m.id, m.workflow, m.definition_id, m.snapshot, m.start_context,
-       m.cancel_requested, m.lease_owner
-  FROM work JOIN machines AS m ON m.id = work.id
- WHERE m.status = 'active'
-   AND (m.lease_owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= :now)
-   {}
- ORDER BY m.id LIMIT :limit
-"""
-)
-_ANY_WORKFLOW = _CANDIDATES.format("")
-_OF_WORKFLOWS = _CANDIDATES.format(_OF)
-# The machines a claim would take but for another owner's live lease.
-_LEASED_ELSEWHERE = (
-    _WORK
-    + """SELECT m.id, m.lease_owner, m.lease_expires_at
-  FROM work JOIN machines AS m ON m.id = work.id
- WHERE m.status = 'active' AND m.lease_owner IS NOT NULL AND m.lease_owner <> :worker
-   AND m.lease_expires_at > :now {}
- ORDER BY m.id
-"""
-)
-_TAKE = (
-    "UPDATE machines SET lease_owner = ?, lease_expires_at = ?,"
-    " fencing_token = fencing_token + 1, wake_at = NULL WHERE id = ? RETURNING fencing_token"
-)
-_RENEW = (
-    "UPDATE machines SET lease_expires_at = ? WHERE id = ? AND fencing_token = ?"
-    " AND lease_owner = ?"
-)
 _RELEASE = (
     "UPDATE machines SET lease_owner = NULL, lease_expires_at = NULL, wake_at = ?"
     " WHERE id = ? AND fencing_token = ?"
@@ -124,21 +80,6 @@ _NEXT_EVENT = (
     "SELECT seq, event_id, type, payload, correlation_id, created_at FROM inbox"
     " WHERE machine_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT 1"
 )
-
-
-def now_us() -> int:
-    """The wall clock in microseconds since the Unix epoch (UTC)."""
-    return time.time_ns() // 1000
-
-
-def to_us(d: datetime) -> int:
-    """``d`` in microseconds since the Unix epoch; a naive datetime is taken as UTC."""
-    return ((d.replace(tzinfo=UTC) if d.tzinfo is None else d) - _EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    """The UTC datetime ``us`` microseconds after the Unix epoch."""
-    return _EPOCH + us * _US
 
 
 def _dumps(value: Any) -> str:
@@ -191,50 +132,6 @@ def _request_cancel(conn: sqlite3.Connection, mid: str) -> None:
         raise unknown_machine(mid) if row is None else already_finished(mid, row[0])
 
 
-def _candidates(conn: sqlite3.Connection, now: int, limit: int, workflows: str | None) -> list[Any]:
-    if workflows is None:
-        return conn.execute(_ANY_WORKFLOW, {"now": now, "limit": limit}).fetchall()
-    args = {"now": now, "limit": limit, "wfs": workflows}
-    return conn.execute(_OF_WORKFLOWS, args).fetchall()
-
-
-def _claim(
-    conn: sqlite3.Connection,
-    decode: Callable[[str, Any], SerializableState],
-    context_of: Callable[[str, Any], Any],
-    error_of: ErrorColumn,
-    worker_id: str,
-    limit: int,
-    lease_ms: int,
-    workflows: str | None,
-) -> list[Claim]:
-    now = now_us()
-    until = now + int(lease_ms * 1000)
-    rows = _candidates(conn, now, limit, workflows)
-    out: list[Claim] = []
-    for mid, workflow, definition_id, blob, context, cancel, old in rows:
-        try:
-            snap = None if blob is None else decode(mid, blob)
-            ctx = None if context is None else context_of(mid, context)
-        except StateMachineError as e:  # unreadable: parked, the others are claimed
-            park_unreadable(conn, mid, e, error_of(mid, parked_error(e)))
-            continue
-        ((token,),) = conn.execute(_TAKE, (worker_id, until, mid)).fetchall()
-        out.append(Claim(mid, workflow or definition_id, token, snap, ctx, bool(cancel), old))
-    return out
-
-
-def _renew(
-    conn: sqlite3.Connection, worker_id: str, leases: dict[str, int], lease_ms: int
-) -> set[str]:
-    until = now_us() + int(lease_ms * 1000)
-    return {
-        mid
-        for mid, token in leases.items()
-        if conn.execute(_RENEW, (until, mid, token, worker_id)).rowcount != 1
-    }
-
-
 # ------------------------------------------------------------ reads (inline)
 
 
@@ -251,28 +148,6 @@ def _next_event(conn: sqlite3.Connection, mid: str, codec: Codec) -> InboxEvent 
     if correlation_id is not None:
         fields["correlation_id"] = correlation_id
     return inbox_event(seq, event_id, fields, datetime.fromisoformat(at))
-
-
-def _leased_elsewhere(
-    conn: sqlite3.Connection, worker_id: str, wfs: str | None
-) -> list[tuple[str, str, datetime]]:
-    args = {"now": now_us(), "worker": worker_id}
-    if wfs is None:
-        rows = conn.execute(_LEASED_ELSEWHERE.format(""), args).fetchall()
-    else:
-        rows = conn.execute(_LEASED_ELSEWHERE.format(_OF), {**args, "wfs": wfs}).fetchall()
-    return [(mid, owner, from_us(until)) for mid, owner, until in rows]
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-
-def _probe(conn: sqlite3.Connection, wfs: str | None) -> tuple[int, bool]:
-    """(data_version, whether a claim of workflows ``wfs`` would take a machine now).
-    The version is read first, so no commit after it is missed."""
-    version = _data_version(conn)
-    return version, bool(_candidates(conn, now_us(), 1, wfs))
 
 
 # ------------------------------------------------------------------ wake-ups
@@ -386,14 +261,14 @@ class SQLiteRuntime:
         wfs = None if workflows is None else _dumps(sorted(workflows))
         self._claiming = wfs
         if limit <= 0 or wfs == "[]":
-            self._claimed_at = await self.run_read(_data_version)
+            self._claimed_at = await self.run_read(data_version)
             return []
         decode, ctx, err = self._decode_snapshot, self._start_context, self._error_column
         out = await self.run_write(
-            lambda c: _claim(c, decode, ctx, err, worker_id, limit, lease_ms, wfs)
+            lambda c: claim_op(c, decode, ctx, err, worker_id, limit, lease_ms, wfs)
         )
         # what wait_for_work compares with: a commit from now on may bring new work
-        self._claimed_at = await self.run_read(_data_version)
+        self._claimed_at = await self.run_read(data_version)
         return out
 
     async def leased_elsewhere(
@@ -402,7 +277,7 @@ class SQLiteRuntime:
         """Machines with work that a claim of ``workflows`` would take but for another
         owner's live lease: (machine id, that owner, when its lease ends), by id."""
         wfs = None if workflows is None else _dumps(sorted(workflows))
-        return await self.run_read(lambda c: _leased_elsewhere(c, worker_id, wfs))
+        return await self.run_read(lambda c: leased_op(c, worker_id, wfs))
 
     async def park(self, machine_id: str, token: int, error: StateMachineError) -> bool:
         """Park a machine held by lease ``token`` that cannot be run (see ``_parking``);
@@ -424,7 +299,7 @@ class SQLiteRuntime:
         held = dict(leases)
         if not held:
             return set()
-        return await self.run_write(lambda c: _renew(c, worker_id, held, lease_ms))
+        return await self.run_write(lambda c: renew_op(c, worker_id, held, lease_ms))
 
     async def release(self, machine_id: str, token: int, *, wake_at: datetime | None) -> bool:
         """Give the lease back; claimable again from ``wake_at`` on (``None``: only when
@@ -459,14 +334,14 @@ class SQLiteRuntime:
         try:
             seen = self._claimed_at
             if seen is None:
-                seen = await self.run_read(_data_version)
+                seen = await self.run_read(data_version)
             while (remaining := deadline - loop.time()) > 0:
                 done, _ = await asyncio.wait({waiter}, timeout=min(remaining, self.poll_interval_s))
                 if done:
                     return
-                if await self.run_read(_data_version) == seen:
+                if await self.run_read(data_version) == seen:
                     continue
-                seen, work = await self.run_read(partial(_probe, wfs=self._claiming))
+                seen, work = await self.run_read(partial(probe, wfs=self._claiming))
                 if work:
                     return
         finally:

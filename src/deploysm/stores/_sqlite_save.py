@@ -20,7 +20,7 @@ from typing import Any
 from .._errors import StateMachineError
 from ._base import conflict
 from ._runtime import Lease, LeaseHeld, lease_lost
-from ._sqlite_runtime import now_us
+from ._sqlite_claims import now_us
 
 __all__ = ["SaveOp", "journal_json"]
 
