@@ -8,9 +8,11 @@ import inspect
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from . import _step as step
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async, to_effect_result
 from ._errors import EffectError, RetryExhaustedError, StateMachineError, TimeoutError
+from ._step import GiveUp, Retry
 from ._timeouts import deadline
 from ._types import State
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from ._engine import StateMachine
     from ._runner import Run
 
-__all__ = ["final_error", "may_retry", "one_attempt"]
+__all__ = ["decide_retry", "final_error", "one_attempt"]
 
 
 async def one_attempt(
@@ -66,27 +68,36 @@ async def one_attempt(
     return EffectError(result.message or f"effect {eff.label} reported failure", state=target.name)
 
 
-async def may_retry(
+async def decide_retry(
     m: StateMachine[Any, Any, Any],
     eff: Effect[Any],
     error: BaseException,
     run: Run,
     max_attempts: int,
-) -> bool:
-    if run.attempt >= max_attempts:
-        return False
-    if not eff.idempotent and eff.rollback is None:
-        return False  # never run again on top of its own partial result
+) -> Retry | GiveUp:
+    """Ask the retry policy (user code, maybe async) only when the pure rule
+    (:func:`._step.after_verdict`) leaves the choice to it, then let the rule decide."""
     result = run.last_result
-    if result is not None and result.can_retry is False:
-        return False
+    can_retry = result.can_retry if result is not None else None
+    facts = step.Failed(
+        eff.idempotent, eff.rollback is not None, run.attempt, max_attempts, can_retry
+    )
+    verdict = False
+    if step.may_ask_policy(facts):
+        verdict = await _policy_verdict(m, error, run.attempt)
+    return step.after_verdict(facts, verdict)
+
+
+async def _policy_verdict(
+    m: StateMachine[Any, Any, Any], error: BaseException, attempt: int
+) -> bool:
     policy = m._def.retry
     assert policy is not None
     if policy.retryable_errors is not None and not isinstance(error, policy.retryable_errors):
         return False
     if policy.should_retry is not None:
         try:
-            verdict = policy.should_retry(error, run.attempt)
+            verdict = policy.should_retry(error, attempt)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception as e:

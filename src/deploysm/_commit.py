@@ -6,6 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from . import _lifecycle as lifecycle
+from . import _step as step
 from . import _timers as timers
 from ._definition import CompiledTransition
 from ._snapshot import CommittedEffect
@@ -41,13 +42,10 @@ async def commit(
     if hooked:
         await _exit_hooks(m, a)
     now = d.clock.now()
-    metrics = m._metrics
-    visit = metrics.states[-1]
-    visit.exited_at = now
-    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
+    head = m._head
+    visit = step.leave(head, now)
     if hooked and d.hooks.on_metric is not None:
         await d.observer.call("on_metric", d.hooks.on_metric, dataclasses.replace(visit))
-    m._history.append(a)
     data: dict[str, Any] = {"event": ev.type}
     if ev.payload is not None:
         data["payload"] = ev.payload
@@ -56,17 +54,15 @@ async def commit(
             data["message"] = result.message
         if result.metadata is not None:
             data["metadata"] = dict(result.metadata)
-    version = m._version = m._version + 1
+    head = m._head
+    version = head.version + 1
     b: State[Any] = make_state(ct.to, data, now, version, attempts, key)
-    m._state = b
-    new_visit = StateMetrics(ct.to, now, None, None, attempts, errors)
-    metrics.states.append(new_visit)
-    metrics.total_transitions += 1
-    metrics.current_state = ct.to
+    record = None
     if key is not None and ct.compensable:
-        m._committed.append(CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version))
-    m._in_flight = None
-    prior_error, m._last_error = m._last_error, None
+        record = CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version)
+    prior_error = head.last_error
+    head, new_visit = step.enter(head, b, now, attempts, errors, record)
+    m._put(head)
     if hooked:
         await _enter_hooks(m, a, b, ev, new_visit)
     obs = d.observer

@@ -7,15 +7,16 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from . import _lease as lease
+from . import _step as step
 from ._codec import decode_context, jsonable
 from ._definition import Definition
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
+from ._head import Head, initial_head
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
 from ._timeouts import uninterrupted
 from ._timers import arm, stop
-from ._types import State, StateMachineMetrics, StateMetrics
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -76,7 +77,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     if write is None and store is None:
         return None
     if bump:
-        m._version += 1
+        m._put(step.bumped(m._head))
     try:
         snap = build_snapshot(m, copy=store is None)
         if store is not None:
@@ -104,14 +105,14 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
         raise
     except StateMachineError as e:
         if bump:
-            m._version -= 1
+            m._put(step.bumped(m._head, -1))
         if e.code in _STALE:  # another writer has or runs the machine
             m._stale = True
         await _failed(m, e)
         return e
     except Exception as e:
         if bump:
-            m._version -= 1
+            m._put(step.bumped(m._head, -1))
         obs = m._def.observer
         err = StateMachineError(
             f"could not persist machine {m._machine_id!r}: {obs.error_text(e)}",
@@ -150,15 +151,7 @@ async def _failed(m: StateMachine[Any, Any, Any], error: StateMachineError) -> N
 def _as_new(m: StateMachine[Any, Any, Any]) -> None:
     """A machine its store has never taken a snapshot of: back to its initial state."""
     d = m._def
-    now = d.clock.now()
-    m._state = State(d.initial, {}, now, 0)
-    m._history = []
-    m._metrics = StateMachineMetrics(states=[StateMetrics(d.initial, now)], current_state=d.initial)
-    m._version = 0
-    m._status = "active"
-    m._in_flight = None
-    m._committed = []
-    m._last_error = None
+    m._put(initial_head(d.initial, m._ctx, d.clock.now()))
     m._cancel_requested = False
     m._pending = []
     m._json = None
@@ -195,16 +188,21 @@ def rehydrate(
     lock = m._lock
     if check_busy and lock is not None and lock.locked():
         raise StateMachineError("cannot rehydrate while a transition runs", "BUSY")
-    m._ctx = ctx
     m._machine_id = snap.machine_id
-    m._state = snap.current_state
-    m._history = list(snap.history)
-    m._metrics = snap.metrics
-    m._version = snap.version
-    m._status = snap.status
-    m._in_flight = snap.in_flight
-    m._committed = list(snap.committed_effects)
-    m._last_error = snap.last_error
+    m._put(
+        Head(
+            snap.current_state,
+            ctx,
+            snap.version,
+            snap.status,
+            snap.in_flight,
+            list(snap.committed_effects),
+            snap.last_error,
+            m._state_deadline,
+            list(snap.history),
+            snap.metrics,
+        )
+    )
     m._cancel_requested = snap.status == "cancelled"
     m._saved_version = snap.version
     m._stale = False

@@ -25,11 +25,12 @@ from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
 from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
+from ._head import Head, initial_head
 from ._mutex import FifoLock
 from ._recovery import ResolveAction
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
-from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
+from ._types import Event, State, StateMachineMetrics, TransitionResult
 from .stores._base import JournalRecord
 
 __all__ = ["StateMachine", "create_state_machine"]
@@ -37,8 +38,6 @@ __all__ = ["StateMachine", "create_state_machine"]
 S = TypeVar("S", bound=str)
 E = TypeVar("E", bound=str)
 C = TypeVar("C")
-
-_EMPTY: Mapping[str, Any] = {}
 
 
 class StateMachine(Generic[S, E, C]):
@@ -49,55 +48,35 @@ class StateMachine(Generic[S, E, C]):
         "_abandoned",
         "_cancel_requested",
         "_cancellable",
-        "_committed",
-        "_ctx",
         "_def",
         "_explicit_id",
+        "_head",
         "_heartbeat",
-        "_history",
-        "_in_flight",
         "_json",
-        "_last_error",
         "_lease_owner",
         "_lease_token",
         "_lock",
         "_machine_id",
-        "_metrics",
         "_owner",
         "_pending",
         "_saved_version",
         "_stale",
-        "_state",
-        "_state_deadline",
         "_state_timer",
-        "_status",
         "_store",
-        "_version",
         "_workflow",
         "_write_error",
     )
 
     def __init__(self, definition: Definition, context: C, machine_id: str | None = None) -> None:
         self._def = definition
-        self._ctx = context
         self._explicit_id = machine_id is not None
         self._machine_id: str = machine_id if machine_id is not None else definition.id
-        now = definition.clock.now()
-        self._state: State[S] = State(definition.initial, _EMPTY, now, 0)  # type: ignore[arg-type]
-        self._history: list[State[S]] = []
-        self._metrics = StateMachineMetrics(
-            states=[StateMetrics(definition.initial, now)], current_state=definition.initial
-        )
-        self._version = 0
-        self._status: Status = "active"
+        self._head: Head = initial_head(definition.initial, context, definition.clock.now())
         self._lock: FifoLock | None = None
         self._owner: asyncio.Task[Any] | None = None
         self._cancellable = False
         self._cancel_requested = False
-        self._in_flight: InFlight | None = None
         self._json: Any = None  # the snapshot JSON cache of a stored machine
-        self._committed: list[CommittedEffect] = []
-        self._last_error: dict[str, Any] | None = None
         self._pending: list[JournalRecord] = []
         self._saved_version: int | None = None
         self._stale = False
@@ -108,10 +87,58 @@ class StateMachine(Generic[S, E, C]):
         self._store: Any = definition.store
         self._workflow: str | None = None
         self._write_error: StateMachineError | None = None  # the last durable write that failed
-        self._state_deadline: Any = None
         self._state_timer: asyncio.Task[None] | None = None
         if definition.state_timeout_s is not None:
             timers.arm(self)
+
+    # ------------------------------------------------------------------ the value
+
+    def _put(self, head: Head) -> Head:
+        """Replace the machine's durable state: the one place that assigns it."""
+        self._head = head
+        return head
+
+    # Read-only views of the value's parts, for the engine's own modules.
+    @property
+    def _state(self) -> State[S]:
+        return self._head.state
+
+    @property
+    def _ctx(self) -> C:
+        ctx: C = self._head.ctx
+        return ctx
+
+    @property
+    def _version(self) -> int:
+        return self._head.version
+
+    @property
+    def _status(self) -> Status:
+        return self._head.status
+
+    @property
+    def _in_flight(self) -> InFlight | None:
+        return self._head.in_flight
+
+    @property
+    def _committed(self) -> list[CommittedEffect]:
+        return self._head.committed
+
+    @property
+    def _last_error(self) -> dict[str, Any] | None:
+        return self._head.last_error
+
+    @property
+    def _state_deadline(self) -> datetime | None:
+        return self._head.state_deadline
+
+    @property
+    def _history(self) -> list[State[S]]:
+        return self._head.history
+
+    @property
+    def _metrics(self) -> StateMachineMetrics:
+        return self._head.metrics
 
     # ------------------------------------------------------------------ reading
 
@@ -145,7 +172,7 @@ class StateMachine(Generic[S, E, C]):
                 result.close()
             raise TypeError("update_context takes a plain function, not a coroutine function")
         if result is not None:
-            self._ctx = result
+            self._put(self._head._replace(ctx=result))
         return self._ctx
 
     def get_history(self) -> list[State[S]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from . import _step as step
 from . import _timers as timers
 from ._errors import StateMachineError
 from ._saga import compensate_locked
@@ -24,8 +25,7 @@ __all__ = [
 
 async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
     m.note("completed", state=m._state.name)
-    m._status = "completed"
-    m._metrics.is_complete = True
+    m._put(step.finished(m._head, "completed"))
     timers.stop(m)
     hooks = m._def.hooks
     if hooks.on_complete is not None:
@@ -42,15 +42,14 @@ def finish_failure_state(
     No ``on_complete`` (the workflow did not complete) and no ``on_error`` (nothing
     raised: the workflow chose this state)."""
     name = m._state.name
-    m._last_error = prior or {
+    error = prior or {
         "type": "StateMachineError",
         "code": None,
         "message": f"entered failure state {name!r} from {source!r} on {event}",
         "state": name,
     }
-    m.note("machine_failed", **m._last_error)
-    m._status = "failed"
-    m._metrics.is_failed = True
+    m.note("machine_failed", **error)
+    m._put(step.finished(m._head, "failed", error))
     timers.stop(m)
 
 
@@ -69,11 +68,10 @@ async def fail(m: StateMachine[Any, Any, Any], error: BaseException | str | None
         if m._status == "failed":
             return
         m.check_active()
-        m._status = "failed"
-        m._metrics.is_failed = True
+        record = m.error_record(err)
+        m._put(step.finished(m._head, "failed", record))
         timers.stop(m)
-        m._last_error = m.error_record(err)
-        m.note("machine_failed", **m._last_error)
+        m.note("machine_failed", **record)
         await m.report_error(err)
         if m._def.compensate_on_failure:
             await compensate_locked(m)
@@ -101,8 +99,7 @@ async def finish_cancel(m: StateMachine[Any, Any, Any]) -> StateMachineError | N
     if m._status == "cancelled":
         return None
     m.note("cancelled", state=m._state.name)
-    m._status = "cancelled"
-    m._metrics.is_cancelled = True
+    m._put(step.finished(m._head, "cancelled"))
     timers.stop(m)
     hooks = m._def.hooks
     if hooks.on_cancel is not None:

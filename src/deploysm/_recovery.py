@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _durability as durability
 from . import _lease as lease
+from . import _step as step
 from ._commit import commit
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
 from ._errors import EffectError, ErrorCode, RetryExhaustedError, StateMachineError
+from ._head import count
 from ._runner import Run, _NotDurable, drive, error_fields, fail, rollback, start_attempt
 from ._snapshot import InFlight, SerializableState
 from ._timeouts import uninterrupted
@@ -125,15 +127,13 @@ async def resolve(
         note = JournalRecord("resolved", m._def.clock.now(), _data(action, by, reason))
         await lease.take_over(m, snap, [*m._pending, note])  # else nothing changed
         m._pending = []
-        m._version = m._saved_version = snap.version
-        m._status = "active"
-        m._last_error = None
+        m._saved_version = snap.version
+        m._put(step.bumped(step.resumed_active(m._head)))
         if flight is None:
             return None
     else:
         m.note("resolved", action=action, by=by, reason=reason)
-        m._status = "active"
-        m._last_error = None
+        m._put(step.resumed_active(m._head))
         if flight is None:
             err = await m.persist(bump=True)
             if err is not None:
@@ -163,11 +163,10 @@ async def _rerun(
     attempt: int,
 ) -> TransitionResult[Any]:
     if attempt > flight.attempt:
-        m._metrics.total_retries += 1
-    flight.attempt = attempt
-    flight.started_at = m._def.clock.now()
+        count(m._head, retries=1)
+    m._put(step.flight_running(m._head, attempt, m._def.clock.now()))
     try:
-        await start_attempt(m, flight)
+        await start_attempt(m)
     except _NotDurable as e:  # the attempt is not durable: it does not run
         return TransitionResult(False, m._state, e.error)
     return await drive(m, ct, flight.event, eff, Run(attempt))
@@ -220,8 +219,7 @@ async def _park(m: StateMachine[Any, Any, Any], flight: InFlight) -> TransitionR
         ErrorCode.NEEDS_ATTENTION,
         state=flight.from_state,
     )
-    m._status = "needs_attention"
-    m._last_error = m.error_record(err)
+    m._put(step.finished(m._head, "needs_attention", m.error_record(err)))
     m.note("needs_attention", attempt=flight.attempt, **error_fields(m, err))
     await m.report_error(err)
     persist_error = await m.persist(bump=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._attempt import final_error, may_retry, one_attempt
+from . import _step as step
+from ._attempt import decide_retry, final_error, one_attempt
 from ._commit import commit
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
@@ -17,6 +18,7 @@ from ._errors import (
     StateMachineError,
     TimeoutError,
 )
+from ._head import count
 from ._lifecycle import finish_cancel
 from ._snapshot import InFlight
 from ._timeouts import deadline, uninterrupted
@@ -74,7 +76,7 @@ def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[s
 def new_key(m: StateMachine[Any, Any, Any]) -> str:
     # The version makes a key unique within its machine even when a restarted process
     # replays a seeded random source; the random bits make it unique across machines.
-    return f"{m._machine_id}:{m._version}:{m._def.random.getrandbits(64):016x}"
+    return step.key_for(m._machine_id, m._version, m._def.random.getrandbits(64))
 
 
 def run_transition(
@@ -86,7 +88,8 @@ def run_transition(
     persistence goes straight to :func:`drive`."""
     d = m._def
     key = new_key(m)
-    m._in_flight = InFlight(m._state.name, ct.to, ev, ct.index, 1, key, d.clock.now())
+    head = m._head
+    m._put(step.begin(head, InFlight(head.state.name, ct.to, ev, ct.index, 1, key, d.clock.now())))
     if m._store is not None or d.persist_state is not None:
         return _intent_then_drive(m, ct, ev, eff, key)
     return drive(m, ct, ev, eff, Run(1))
@@ -103,7 +106,7 @@ async def _intent_then_drive(
         m.note("intent", source=ct.source, to=ct.to, event=ev.type, attempt=1, key=key)
     err = await m.persist(bump=True)
     if err is not None:  # the intent is not durable: the effect must not run
-        m._in_flight = None
+        m._put(step.cleared(m._head))
         return TransitionResult(False, m._state, err)
     return await drive(m, ct, ev, eff, Run(1))
 
@@ -151,7 +154,7 @@ async def drive(
                 not m._cancel_requested or task is None or task.uncancel() > 0
             )
             await _undo_interrupted(m, eff, run)
-            m._in_flight = None
+            m._put(step.cleared(m._head))
             if external:  # the caller cancelled its own dispatch: leave nothing half done
                 m.note("interrupted", source=ct.source, to=ct.to, attempt=run.attempt)
                 await m.persist(bump=True)
@@ -178,26 +181,25 @@ async def _attempts(
     policy = d.retry
     max_attempts = policy.max_attempts if policy is not None else 1
     ctx = m._ctx
-    flight = m._in_flight
-    assert flight is not None
     if run.wait_until is not None:  # resumed inside a retry delay: finish waiting
         remaining = (run.wait_until - d.clock.now()).total_seconds()
         run.wait_until = None
         if remaining > 0:
             await _retry_wait(m, remaining)
-        await start_attempt(m, flight)
-        flight.started_at = d.clock.now()
+        await start_attempt(m)
+        m._put(step.flight_running(m._head, run.attempt, d.clock.now()))
+    flight = m._in_flight
+    assert flight is not None
     started = flight.started_at  # the first attempt starts when the intent was made
+    key = flight.idempotency_key
     while True:
-        target: State[Any] = make_state(
-            ct.to, {}, started, m._version, run.attempt, flight.idempotency_key
-        )
+        target: State[Any] = make_state(ct.to, {}, started, m._version, run.attempt, key)
         if not eff.idempotent:
             run.unrolled = True
         run.in_attempt = True
         error = await one_attempt(m, eff, ctx, target, run)
         run.in_attempt = False
-        m._metrics.total_attempts += 1
+        count(m._head, attempts=1)
         if m._cancel_requested:  # cancel() was called from inside this transition
             raise _CancelRequested
         if error is None:
@@ -205,14 +207,14 @@ async def _attempts(
             return None
         run.errors += 1
         run.last_error = error
-        m._metrics.total_errors += 1
+        count(m._head, errors=1)
         if m._store is not None:
             m.note("attempt_failed", attempt=run.attempt, **error_fields(m, error))
-        if not eff.idempotent:
+        for _ in step.after_error(eff.idempotent, run.attempt):  # the rollback
             rb_error = await rollback(m, eff, target, run)
             if rb_error is not None:
                 return rb_error
-        if not await may_retry(m, eff, error, run, max_attempts):
+        if not isinstance(await decide_retry(m, eff, error, run, max_attempts), step.Retry):
             return final_error(m, ct, error, run, max_attempts)
         await _before_retry(m, ct, error, target, run)
         started = d.clock.now()
@@ -232,7 +234,7 @@ async def _before_retry(
         await d.observer.call("on_retry", d.hooks.on_retry, run.attempt, error, target, m._ctx)
     delay_ms = policy.delay_ms(run.attempt, d.random, run.prev_delay_ms)
     run.prev_delay_ms = delay_ms
-    m._metrics.total_retries += 1
+    count(m._head, retries=1)
     obs = d.observer
     if obs.enabled("warning"):
         await obs.log(
@@ -247,17 +249,15 @@ async def _before_retry(
                 "delay_ms": round(delay_ms, 3),
             },
         )
-    flight = m._in_flight
-    assert flight is not None
     run.attempt += 1
-    flight.attempt = run.attempt
     if m.durable:
-        flight.phase = "retry_wait"
-        flight.next_retry_at = d.clock.now() + timedelta(milliseconds=delay_ms)
+        m._put(step.flight_waiting(m._head, run.attempt, d.clock.now(), delay_ms))
         m.note("retry_scheduled", attempt=run.attempt, delay_ms=round(delay_ms, 3))
         await _persist_or_raise(m)
+    else:
+        m._put(step.flight_running(m._head, run.attempt))
     await _retry_wait(m, delay_ms / 1000.0)
-    await start_attempt(m, flight)
+    await start_attempt(m)
 
 
 class HandBack(BaseException):
@@ -288,11 +288,12 @@ async def _retry_wait(m: StateMachine[Any, Any, Any], seconds: float) -> None:
         raise HandBack
 
 
-async def start_attempt(m: StateMachine[Any, Any, Any], flight: InFlight) -> None:
+async def start_attempt(m: StateMachine[Any, Any, Any]) -> None:
     """Make the next attempt's intent durable (a no-op without persistence)."""
     if m.durable:
-        flight.phase = "running"
-        flight.next_retry_at = None
+        flight = m._in_flight
+        assert flight is not None
+        m._put(step.flight_running(m._head, flight.attempt))
         m.note("attempt", attempt=flight.attempt, key=flight.idempotency_key)
         await _persist_or_raise(m)
 
@@ -333,9 +334,9 @@ async def rollback(
             state=m._state.name,
         )
         err.__cause__ = e
-        m._status = "needs_attention"
+        m._put(step.finished(m._head, "needs_attention"))
         return err
-    m._metrics.total_rollbacks += 1
+    count(m._head, rollbacks=1)
     m.note("rollback", attempt=target.attempts, key=target.idempotency_key)
     obs = m._def.observer
     if obs.enabled("info"):
@@ -353,8 +354,7 @@ async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], ru
     if run.in_attempt:
         run.in_attempt = False
         run.errors += 1
-        m._metrics.total_attempts += 1
-        m._metrics.total_errors += 1
+        count(m._head, attempts=1, errors=1)
     if not run.unrolled:
         return
     flight = m._in_flight
@@ -373,10 +373,9 @@ async def fail(
     """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
     if isinstance(error, _NotDurable):
         return TransitionResult(False, m._state, error.error, run.last_result)
-    m._metrics.states[-1].errors += run.errors
-    if m._status != "needs_attention":
-        m._in_flight = None
-    m._last_error = m.error_record(error)
+    head = m._head
+    count(head, visit_errors=run.errors)
+    m._put(step.failed(head, m.error_record(error), keep_flight=head.status == "needs_attention"))
     m.note("failed", source=ct.source, to=ct.to, attempts=run.attempt, **error_fields(m, error))
     await m.report_error(error)
     persist_error = await m.persist(bump=True)

@@ -7,10 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import _step as step
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
+from ._head import count
 from ._timeouts import uninterrupted
-from ._types import State, StateMetrics
+from ._types import State
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -62,10 +64,9 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
             m.note("compensation_failed", state=record.state, key=record.idempotency_key)
             await m.report_error(err)
             break
-        m._committed.remove(record)
+        m._put(step.uncommitted(m._head, record))
         m.note("compensated", state=record.state, key=record.idempotency_key)
-        m._metrics.total_compensations += 1
-        m._metrics.total_rollbacks += 1
+        count(m._head, compensations=1, rollbacks=1)
         if obs.enabled("info"):
             await obs.log(
                 "info",
@@ -77,7 +78,7 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
             return CompensationResult(False, done, [(record.state, persist_error)])
         done.append(record.state)
     if failed:
-        m._status = "needs_attention"
+        m._put(step.finished(m._head, "needs_attention"))
         await m.persist(bump=True)
     elif d.compensated_state is not None and m._state.name != d.compensated_state:
         await _enter_compensated(m, d.compensated_state)
@@ -92,18 +93,13 @@ async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
     if hooks.on_state_exit is not None:
         await obs.call("on_state_exit", hooks.on_state_exit, a, m._ctx)
     now = d.clock.now()
-    visit = m._metrics.states[-1]
-    visit.exited_at = now
-    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
+    visit = step.leave(m._head, now)
     if hooks.on_metric is not None:
         await obs.call("on_metric", hooks.on_metric, dataclasses.replace(visit))
-    m._history.append(a)
-    m._version += 1
-    m._state = State(name, {"compensated": True}, now, m._version)
-    entered = StateMetrics(name, now)
-    m._metrics.states.append(entered)
-    m._metrics.current_state = name
-    m._metrics.total_transitions += 1
+    head = m._head
+    b = State(name, {"compensated": True}, now, head.version + 1)
+    head, entered = step.enter(head, b, now, 0, 0, settles=False)
+    m._put(head)
     m.note("committed", source=a.name, to=name, event=None, attempts=0, key=None)
     if hooks.on_state_enter is not None:
         await obs.call("on_state_enter", hooks.on_state_enter, m._state, m._ctx)

@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import _step as step
 from ._clock import reset_clock, use_clock
 from ._errors import TimeoutError
 from ._types import Event, State
@@ -24,7 +25,7 @@ def arm(m: StateMachine[Any, Any, Any], deadline: datetime | None = None) -> Non
     assert seconds is not None
     if deadline is None:
         deadline = m._def.clock.now() + timedelta(seconds=seconds)
-    m._state_deadline = deadline
+    m._put(step.with_deadline(m._head, deadline))
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -34,7 +35,8 @@ def arm(m: StateMachine[Any, Any, Any], deadline: datetime | None = None) -> Non
 
 def stop(m: StateMachine[Any, Any, Any]) -> None:
     timer = m._state_timer
-    m._state_deadline = None
+    if m._head.state_deadline is not None:
+        m._put(step.with_deadline(m._head, None))
     if timer is not None:
         m._state_timer = None
         if timer is not asyncio.current_task():
@@ -48,10 +50,10 @@ async def _expire(m: StateMachine[Any, Any, Any], state: State[Any], deadline: d
     token = use_clock(clock)
     try:
         async with m.lock():
-            if m._state is not state or m._status != "active" or m._in_flight is not None:
+            if not step.timer_fires(m._head, state):
                 return
             m._state_timer = None
-            m._state_deadline = None
+            m._put(step.with_deadline(m._head, None))
             ms = (d.state_timeout_s or 0.0) * 1000.0
             err = TimeoutError(
                 f"state {state.name!r} waited more than {ms:g} ms for an event", state=state.name

@@ -1,0 +1,296 @@
+"""The pure decisions of a machine: no ``await``, no clock, no randomness, no I/O.
+
+Each function takes the current :class:`~._head.Head` and an input (an event's chosen
+transition, an effect outcome, a retry verdict, a resume, a resolve, a cancel, a
+timer firing), with the time and the random numbers as arguments, and returns the
+next value, or the commands the driver carries out (:mod:`._runner`,
+:mod:`._recovery`, :mod:`._commit`, :mod:`._lifecycle`, :mod:`._saga`), or both. The
+driver awaits effects, hooks, the store and timers; this module never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._head import Head, append_history, enter_visit, mark_finished, record_exit
+from ._snapshot import CommittedEffect, InFlight, Status
+from ._types import State, StateMetrics
+
+__all__ = [
+    "Commit",
+    "Fail",
+    "Failed",
+    "GiveUp",
+    "Park",
+    "Rerun",
+    "Retry",
+    "Rollback",
+    "Run",
+    "after_error",
+    "after_verdict",
+    "begin",
+    "bumped",
+    "cleared",
+    "enter",
+    "failed",
+    "finished",
+    "flight_running",
+    "flight_waiting",
+    "leave",
+    "key_for",
+    "may_ask_policy",
+    "on_resolve",
+    "on_resume",
+    "resumed_active",
+    "timer_fires",
+    "uncommitted",
+    "with_deadline",
+]
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Run attempt ``attempt`` of the effect (its intent is durable first)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """Run the effect's rollback for attempt ``attempt`` (before anything else runs)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Wait ``delay_ms`` (recorded as the in-flight retry deadline), then run ``attempt``."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No more attempts: fail the transition (``exhausted``: every allowed one ran)."""
+
+    exhausted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Commit the transition in flight without running its effect (again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """Run the effect in flight again as attempt ``attempt`` (same idempotency key)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Stop in ``needs_attention``: only an operator may decide."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Record the transition in flight as failed (``why``: ``crash``, ``exhausted``,
+    ``operator``)."""
+
+    why: str
+
+
+# ---------------------------------------------------------------- effect outcomes
+
+
+def after_error(idempotent: bool, attempt: int) -> list[Any]:
+    """A failed attempt: a non-idempotent one is rolled back before anything else."""
+    return [] if idempotent else [Rollback(attempt)]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A failed (and, if need be, rolled back) attempt, as the retry rule sees it.
+
+    ``can_retry``: the effect result's own say (``None``: it gave none)."""
+
+    idempotent: bool
+    has_rollback: bool
+    attempt: int
+    max_attempts: int
+    can_retry: bool | None = None
+
+
+def after_verdict(f: Failed, verdict: bool) -> Retry | GiveUp:
+    """Whether a failed attempt is tried again; ``verdict`` is the retry policy's
+    (``retryable_errors``/``should_retry``), asked only when all else allows it
+    (:func:`may_ask_policy`)."""
+    if f.attempt >= f.max_attempts:
+        return GiveUp(exhausted=f.max_attempts > 1)
+    if not f.idempotent and not f.has_rollback:
+        return GiveUp(exhausted=False)  # never run again on top of its own partial result
+    if f.can_retry is False or not verdict:
+        return GiveUp(exhausted=False)
+    return Retry(f.attempt + 1)
+
+
+def may_ask_policy(f: Failed) -> bool:
+    """Whether the retry policy is asked at all."""
+    return isinstance(after_verdict(f, True), Retry)
+
+
+# ---------------------------------------------------------------- resume and resolve
+
+
+def on_resume(
+    flight: InFlight, *, idempotent: bool, has_rollback: bool, verdict: str, max_attempts: int
+) -> list[Any]:
+    """An attempt a crash interrupted (``phase="running"``), given its reconcile
+    ``verdict`` (``done``, ``not_done``, ``unknown``)."""
+    if verdict == "done":
+        return [Commit()]
+    if verdict == "not_done" or idempotent:
+        return [Rerun(flight.attempt)]
+    if not has_rollback:
+        return [Park()]
+    if flight.attempt < max_attempts:
+        return [Rollback(flight.attempt), Rerun(flight.attempt + 1)]
+    return [Rollback(flight.attempt), Fail("exhausted" if max_attempts > 1 else "crash")]
+
+
+def on_resolve(action: str, flight: InFlight, *, idempotent: bool) -> list[Any]:
+    """An operator's decision on a parked transition."""
+    if action == "retry":
+        return [Rerun(flight.attempt + 1)]
+    if action == "mark_succeeded":
+        return [Commit()]
+    return ([] if idempotent else [Rollback(flight.attempt)]) + [Fail("operator")]
+
+
+def timer_fires(head: Head, state: State[Any]) -> bool:
+    """Whether a state timer armed in ``state`` still applies when it fires."""
+    return head.state is state and head.status == "active" and head.in_flight is None
+
+
+# ---------------------------------------------------------------- next values
+
+
+def key_for(machine_id: str, version: int, bits: int) -> str:
+    """An idempotency key: unique within the machine (its version) and across
+    machines (``bits``, the driver's random draw)."""
+    return f"{machine_id}:{version}:{bits:016x}"
+
+
+def begin(head: Head, flight: InFlight) -> Head:
+    """The intent of a transition: ``flight`` is now in flight."""
+    return head._replace(in_flight=flight)
+
+
+def cleared(head: Head) -> Head:
+    """Nothing in flight any more."""
+    return head._replace(in_flight=None)
+
+
+def bumped(head: Head, by: int = 1) -> Head:
+    """One more durable change (``by=-1``: a write that failed takes it back)."""
+    return head._replace(version=head.version + by)
+
+
+def flight_waiting(head: Head, attempt: int, now: datetime, delay_ms: float) -> Head:
+    flight = head.in_flight
+    assert flight is not None
+    return head._replace(
+        in_flight=_flight(
+            flight, attempt, flight.started_at, "retry_wait", now + timedelta(milliseconds=delay_ms)
+        )
+    )
+
+
+def flight_running(head: Head, attempt: int, started_at: datetime | None = None) -> Head:
+    flight = head.in_flight
+    assert flight is not None
+    start = flight.started_at if started_at is None else started_at
+    return head._replace(in_flight=_flight(flight, attempt, start, "running", None))
+
+
+def _flight(
+    f: InFlight, attempt: int, started: datetime, phase: Any, next_at: datetime | None
+) -> InFlight:
+    return InFlight(
+        f.from_state,
+        f.to_state,
+        f.event,
+        f.transition_index,
+        attempt,
+        f.idempotency_key,
+        started,
+        phase,
+        next_at,
+    )
+
+
+def enter(
+    head: Head,
+    to: State[Any],
+    now: datetime,
+    attempts: int,
+    errors: int,
+    committed: CommittedEffect | None = None,
+    *,
+    settles: bool = True,
+) -> tuple[Head, StateMetrics]:
+    """Commit: leave the current state for ``to`` (whose version is the head's plus
+    one), keep the old one in the history; the new value and the new visit.
+    ``settles``: the transition in flight (and the last error) is done with; a move
+    that is not a transition's commit (into the compensated state) keeps them."""
+    append_history(head, head.state)
+    visit = enter_visit(head, to.name, now, attempts, errors)
+    effects = head.committed if committed is None else [*head.committed, committed]
+    if settles:
+        nxt = head._replace(
+            state=to, version=to.version, in_flight=None, last_error=None, committed=effects
+        )
+    else:
+        nxt = head._replace(state=to, version=to.version, committed=effects)
+    return nxt, visit
+
+
+def leave(head: Head, now: datetime) -> StateMetrics:
+    """Close the current visit (before :func:`enter`); the closed visit."""
+    return record_exit(head, now)
+
+
+def failed(head: Head, error: dict[str, Any], keep_flight: bool) -> Head:
+    """A transition failed: the state stays; the in-flight record stays only when the
+    machine is parked (an operator decides about it)."""
+    flight = head.in_flight if keep_flight else None
+    return head._replace(in_flight=flight, last_error=error)
+
+
+def finished(head: Head, status: Status, last_error: Any = ...) -> Head:
+    """The machine ends (or parks) with ``status`` (and, if given, ``last_error``)."""
+    mark_finished(head, status)
+    nxt = head._replace(status=status)
+    if last_error is not ...:
+        nxt = nxt._replace(last_error=last_error)
+    return nxt
+
+
+def resumed_active(head: Head) -> Head:
+    """An operator took the machine out of ``needs_attention``."""
+    return head._replace(status="active", last_error=None)
+
+
+def uncommitted(head: Head, record: CommittedEffect) -> Head:
+    """``record``'s effect was compensated: it leaves the list."""
+    return head._replace(committed=[c for c in head.committed if c is not record])
+
+
+def with_deadline(head: Head, deadline: datetime | None) -> Head:
+    return head._replace(state_deadline=deadline)
