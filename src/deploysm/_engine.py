@@ -7,6 +7,7 @@ compensation lives in :mod:`._saga`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 from asyncio import current_task
@@ -158,6 +159,34 @@ class StateMachine(Generic[S, E, C]):
     def version(self) -> int:
         return self._version
 
+    @property
+    def in_flight(self) -> InFlight | None:
+        """The transition whose effect has started or waits for its next attempt (its
+        ``next_retry_at``), else ``None``. Read-only: the record is never changed."""
+        return self._head.in_flight
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        """The last recorded error (``type``, ``code``, ``message``, ``state``), if any."""
+        return self._head.last_error
+
+    @property
+    def state_deadline(self) -> datetime | None:
+        """When the current state's timeout fires (``state_timeout_ms``), if armed."""
+        return self._head.state_deadline
+
+    @property
+    def write_error(self) -> StateMachineError | None:
+        """The error of the last durable write that failed (``None`` if none did): what it
+        was writing is not durable, and the machine is back to what its store holds."""
+        return self._write_error
+
+    @property
+    def stale(self) -> bool:
+        """Another writer changed the machine (or its lease was lost): it refuses every
+        call until ``resume()`` loads the stored state."""
+        return self._stale
+
     def get_state(self) -> State[S]:
         return self._state
 
@@ -283,6 +312,39 @@ class StateMachine(Generic[S, E, C]):
             recovery.resolve, action, by, reason
         )
         return result
+
+    # ------------------------------------------------------------------ runtimes
+
+    def use_store(
+        self, store: Any, *, workflow: str | None = None, stored_version: int | None = None
+    ) -> None:
+        """Write through ``store`` (for a runtime: the store view of its claim) under the
+        workflow name ``workflow``; ``stored_version``: the version the store holds
+        already (``0`` for a machine whose row the runtime created, empty)."""
+        self._store = store
+        self._workflow = workflow
+        self._saved_version = stored_version
+
+    async def resume_from(self, snapshot: SerializableState) -> TransitionResult[S] | None:
+        """``resume()`` from ``snapshot``, just read (and decoded) from this machine's
+        store, rather than reading the store again."""
+        result: TransitionResult[S] | None = await self._exclusive(recovery.resume, snapshot)
+        return result
+
+    def abandon(self) -> None:
+        """Its runtime lost the machine (another owner took it over): from now on it
+        writes nothing and stops at the next step."""
+        self._abandoned = True
+        self._stale = True
+
+    async def settle_state_timer(self, now: datetime) -> None:
+        """Let a state timeout that is due by ``now`` fire (and its ``timeout_event``
+        run) before the caller lets go of the machine; errors are the timer's own."""
+        timer = self._state_timer
+        deadline = self._head.state_deadline
+        if timer is not None and deadline is not None and deadline <= now:
+            with contextlib.suppress(Exception):
+                await timer
 
     def check_active(self) -> None:
         if self._stale:

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _recovery as recovery
 from . import _worker_exits as exits
 from ._backoff import Backoff, unfixable
 from ._config import StateMachineConfig
@@ -282,22 +281,21 @@ class Worker:
         definition = self._definition(claim.workflow)
         context = claim.context if claim.snapshot is None else {}
         sm: StateMachine[Any, Any, Any] = StateMachine(definition, context, claim.machine_id)
-        sm._store = view
-        sm._workflow = claim.workflow
+        new = claim.snapshot is None  # its row holds no snapshot yet: version 0
+        sm.use_store(view, workflow=claim.workflow, stored_version=0 if new else None)
         task, _, _ = self._running[claim.machine_id]
         self._running[claim.machine_id] = (task, view, sm)
         if claim.snapshot is None:
-            sm._saved_version = 0
             sm.note("started", workflow=claim.workflow, worker=self.worker_id)
             await _persist(sm)
         else:
-            await sm._exclusive(recovery.resume, claim.snapshot)
-        if claim.cancel_requested and sm.status == "active" and sm._write_error is None:
+            await sm.resume_from(claim.snapshot)
+        if claim.cancel_requested and sm.status == "active" and sm.write_error is None:
             await _cancel(sm)
         # A failed write (the store is down, busy or full) ends the run: what it was
         # writing is not durable, so its event stays in the inbox for the next claim.
-        while sm.status == "active" and not sm._stale and not self._stopping:
-            if sm._write_error is not None:
+        while sm.status == "active" and not sm.stale and not self._stopping:
+            if sm.write_error is not None:
                 break
             if await self.store.cancel_requested(claim.machine_id):
                 await _cancel(sm)
@@ -310,29 +308,21 @@ class Worker:
                 await sm.dispatch(item.event)
             except StateMachineError as e:
                 sm.note("event_refused", event=item.event.type, code=e.code, message=e.message)
-            if sm._write_error is not None:
+            if sm.write_error is not None:
                 break
-            if view.unconsumed() and not sm._stale:  # refused: no write took the event along
+            if view.unconsumed() and not sm.stale:  # refused: no write took the event along
                 sm.note("event_refused", event=item.event.type, code="NO_TRANSITION")
                 await _persist(sm)
-        if not sm._stale:
-            self._write_failed(claim.machine_id, sm._write_error)
-        if sm.status == "needs_attention" and not sm._stale:
+        if not sm.stale:
+            self._write_failed(claim.machine_id, sm.write_error)
+        if sm.status == "needs_attention" and not sm.stale:
             exits.log_needs_attention(claim, sm)
-        await self._settle_timer(sm)
-        deadline = sm._state_deadline
+        await sm.settle_state_timer(datetime.now(UTC))
+        deadline = sm.state_deadline
         sm.stop_state_timer()  # the store's wake_at takes over: this object is done
         view.released = True
-        if not sm._stale:
+        if not sm.stale:
             await self.store.release(claim.machine_id, view.token, wake_at=deadline)
-
-    async def _settle_timer(self, sm: StateMachine[Any, Any, Any]) -> None:
-        """A state timeout that is already due fires now, before the lease goes back."""
-        timer = sm._state_timer
-        deadline = sm._state_deadline
-        if timer is not None and deadline is not None and deadline <= datetime.now(UTC):
-            with contextlib.suppress(Exception):
-                await timer
 
     # ------------------------------------------------------------------ leases
 
@@ -361,8 +351,7 @@ class Worker:
         task, _, sm = entry
         logger.warning("lost the lease of %s: another worker takes it over", machine_id)
         if sm is not _PENDING:
-            sm._abandoned = True
-            sm._stale = True
+            sm.abandon()
         task.cancel()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
@@ -388,12 +377,12 @@ async def _first(*waits: Awaitable[Any]) -> None:
 
 
 async def _cancel(sm: StateMachine[Any, Any, Any]) -> None:
-    with contextlib.suppress(StateMachineError):  # a failed write is in sm._write_error
+    with contextlib.suppress(StateMachineError):  # a failed write is in sm.write_error
         await sm.cancel()
 
 
 async def _persist(sm: StateMachine[Any, Any, Any]) -> None:
-    await sm.persist(bump=True)  # a failure is in sm._write_error
+    await sm.persist(bump=True)  # a failure is in sm.write_error
 
 
 _PENDING: Any = object()

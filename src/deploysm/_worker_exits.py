@@ -79,7 +79,7 @@ async def hand_back(
 ) -> None:
     """The worker stops while the machine waits out a durable retry delay: its lease
     goes back now, the machine due again at the recorded retry time."""
-    flight = sm._in_flight
+    flight = sm.in_flight
     due = flight.next_retry_at if flight is not None else None
     sm.stop_state_timer()
     view.released = True
@@ -92,7 +92,7 @@ async def hand_back(
 
 
 def log_needs_attention(claim: Claim, sm: StateMachine[Any, Any, Any]) -> None:
-    error = sm._last_error or {}
+    error = sm.last_error or {}
     logger.error(
         "parked (needs_attention): %s; decide with `deploysm resolve %s`",
         error.get("message", "an operator must decide"),
