@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -73,38 +74,34 @@ async def resume(
         return await drive(m, ct, flight.event, eff, Run(flight.attempt), flight.next_retry_at)
     target = _target(m, flight)
     verdict = await _reconcile(m, eff, target)
-    if verdict == "done":
-        m.note("reconciled", verdict="done", attempt=flight.attempt)
-        done = EffectResult(True, message="reconciled after a restart")
-        return await commit(m, ct, flight.event, done, flight.attempt, 0, flight.idempotency_key)
-    if verdict == "not_done" or eff.idempotent:
-        if verdict == "not_done":
-            m.note("reconciled", verdict="not_done", attempt=flight.attempt)
-        return await _rerun(m, ct, eff, flight, flight.attempt)
-    if eff.rollback is None:
-        return await _park(m, flight)
-    run = Run(flight.attempt)
-    run.unrolled = True
-    error = await rollback(m, eff, target, run)
-    if error is not None:
-        return await fail(m, ct, run, error)
+    if verdict != "unknown":
+        m.note("reconciled", verdict=verdict, attempt=flight.attempt)
     policy = m._def.retry
-    if policy is not None and flight.attempt < policy.max_attempts:
-        return await _rerun(m, ct, eff, flight, flight.attempt + 1)
-    crash = EffectError(
-        f"attempt {flight.attempt} of {ct.source} -> {ct.to} was interrupted and rolled back",
-        state=ct.source,
+    plan = step.on_resume(
+        flight,
+        idempotent=eff.idempotent,
+        has_rollback=eff.rollback is not None,
+        verdict=verdict,
+        max_attempts=policy.max_attempts if policy is not None else 1,
     )
-    run.errors = 1
-    if policy is not None and policy.max_attempts > 1:
+
+    def crashed(why: str, run: Run) -> BaseException:
+        crash = EffectError(
+            f"attempt {flight.attempt} of {ct.source} -> {ct.to} was interrupted and rolled back",
+            state=ct.source,
+        )
+        run.errors = 1
+        if why != "exhausted":
+            return crash
         exhausted = RetryExhaustedError(
             f"{ct.source} -> {ct.to}: all {flight.attempt} attempts used",
             attempts=flight.attempt,
             state=ct.source,
         )
         exhausted.__cause__ = crash
-        return await fail(m, ct, run, exhausted)
-    return await fail(m, ct, run, crash)
+        return exhausted
+
+    return await _carry_out(m, ct, eff, flight, plan, target, "reconciled after a restart", crashed)
 
 
 async def resolve(
@@ -140,19 +137,43 @@ async def resolve(
                 raise err
             return None
     ct, eff = _transition_of(m, flight)
-    if action == "retry":
-        return await _rerun(m, ct, eff, flight, flight.attempt + 1)
-    if action == "mark_succeeded":
-        done = EffectResult(True, message=f"marked succeeded by {by or 'an operator'}")
-        return await commit(m, ct, flight.event, done, flight.attempt, 0, flight.idempotency_key)
+    plan = step.on_resolve(action, flight, idempotent=eff.idempotent)
+    done = f"marked succeeded by {by or 'an operator'}"
+    why = f"marked failed by {by or 'an operator'}: {reason or 'no reason given'}"
+    target = _target(m, flight)
+    return await _carry_out(m, ct, eff, flight, plan, target, done, lambda *_: EffectError(why))
+
+
+async def _carry_out(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    eff: Effect[Any],
+    flight: InFlight,
+    plan: list[Any],
+    target: State[Any],
+    done: str,
+    failure: Callable[[str, Run], BaseException],
+) -> TransitionResult[Any]:
+    """Carry out the commands of :func:`._step.on_resume` or :func:`._step.on_resolve`."""
     run = Run(flight.attempt)
-    run.unrolled = not eff.idempotent
-    if run.unrolled:
-        error = await rollback(m, eff, _target(m, flight), run)
-        if error is not None:
-            return await fail(m, ct, run, error)
-    why = EffectError(f"marked failed by {by or 'an operator'}: {reason or 'no reason given'}")
-    return await fail(m, ct, run, why)
+    for cmd in plan:
+        if isinstance(cmd, step.Rollback):
+            run.unrolled = True
+            error = await rollback(m, eff, target, run)
+            if error is not None:
+                return await fail(m, ct, run, error)
+        elif isinstance(cmd, step.Commit):
+            result = EffectResult(True, message=done)
+            key = flight.idempotency_key
+            return await commit(m, ct, flight.event, result, flight.attempt, 0, key)
+        elif isinstance(cmd, step.Rerun):
+            return await _rerun(m, ct, eff, flight, cmd.attempt)
+        elif isinstance(cmd, step.Park):
+            return await _park(m, flight)
+        else:
+            assert isinstance(cmd, step.Fail)
+            return await fail(m, ct, run, failure(cmd.why, run))
+    raise AssertionError(f"a plan that settles nothing: {plan}")
 
 
 async def _rerun(

@@ -210,7 +210,7 @@ async def _attempts(
         count(m._head, errors=1)
         if m._store is not None:
             m.note("attempt_failed", attempt=run.attempt, **error_fields(m, error))
-        for _ in step.after_error(eff.idempotent, run.attempt):  # the rollback
+        for _ in step.after_error(eff.idempotent, eff.rollback is not None, run.attempt):
             rb_error = await rollback(m, eff, target, run)
             if rb_error is not None:
                 return rb_error

@@ -27,7 +27,6 @@ __all__ = [
     "Rerun",
     "Retry",
     "Rollback",
-    "Run",
     "after_error",
     "after_verdict",
     "begin",
@@ -51,13 +50,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- commands
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """Run attempt ``attempt`` of the effect (its intent is durable first)."""
-
-    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +101,10 @@ class Fail:
 # ---------------------------------------------------------------- effect outcomes
 
 
-def after_error(idempotent: bool, attempt: int) -> list[Any]:
-    """A failed attempt: a non-idempotent one is rolled back before anything else."""
-    return [] if idempotent else [Rollback(attempt)]
+def after_error(idempotent: bool, has_rollback: bool, attempt: int) -> list[Any]:
+    """A failed attempt: a non-idempotent one is rolled back (if it can be) before
+    anything else."""
+    return [Rollback(attempt)] if has_rollback and not idempotent else []
 
 
 @dataclass(frozen=True, slots=True)
