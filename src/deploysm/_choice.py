@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import _step as step
 from ._commit import commit
 from ._definition import CompiledTransition
 from ._effects import call_maybe_async
@@ -18,23 +18,21 @@ if TYPE_CHECKING:
 
 __all__ = ["choose_and_run"]
 
-_EMPTY: Mapping[str, Any] = {}
-
 
 async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
     """Rule 1 and on: pick the transition, check the context, run the effect or commit."""
     m.check_active()
     d = m._def
     state = m._state
-    candidates = d.index.get(state.name, _EMPTY).get(ev.type)
-    if not candidates:
-        why = "unknown event" if ev.type not in d.event_set else "no transition"
+    candidates = step.route(d.index, d.event_set, state.name, ev.type)
+    if isinstance(candidates, step.Refuse):
+        why = "unknown event" if candidates.unknown else "no transition"
         return await _refuse(
             m,
             TransitionError(
                 f"{why}: {state.name!r} has no transition on {ev.type!r}",
                 state=state.name,
-                reason="no_transition",
+                reason=candidates.reason,
                 event=ev.type,
             ),
         )

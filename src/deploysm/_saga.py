@@ -37,10 +37,9 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
     obs = d.observer
     done: list[str] = []
     failed: list[tuple[str, BaseException]] = []
-    for record in list(reversed(m._committed)):
+    for record in step.to_compensate(m._committed, d.effect_by_index):
         eff = d.effect_by_index[record.transition_index]
-        if eff is None or eff.rollback is None:
-            continue
+        assert eff is not None and eff.rollback is not None
         target = State(
             record.state,
             {"compensating": True},

@@ -10,13 +10,18 @@ driver awaits effects, hooks, the store and timers; this module never does.
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ._definition import CompiledTransition
+from ._effects import Effect
 from ._head import Head, append_history, enter_visit, mark_finished, record_exit
 from ._snapshot import CommittedEffect, InFlight, Status
 from ._types import State, StateMetrics
+
+_NONE: Mapping[str, Sequence[CompiledTransition]] = {}
 
 __all__ = [
     "Commit",
@@ -24,6 +29,7 @@ __all__ = [
     "Failed",
     "GiveUp",
     "Park",
+    "Refuse",
     "Rerun",
     "Retry",
     "Rollback",
@@ -43,7 +49,9 @@ __all__ = [
     "on_resolve",
     "on_resume",
     "resumed_active",
+    "route",
     "timer_fires",
+    "to_compensate",
     "uncommitted",
     "with_deadline",
 ]
@@ -96,6 +104,44 @@ class Fail:
     ``operator``)."""
 
     why: str
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Refuse the event (``reason``: ``no_transition``; ``unknown``: it is not one of the
+    definition's events)."""
+
+    reason: str
+    unknown: bool
+
+
+def route(
+    index: Mapping[str, Mapping[str, Sequence[CompiledTransition]]],
+    events: Container[str],
+    state: str,
+    event: str,
+) -> Sequence[CompiledTransition] | Refuse:
+    """The transitions of ``state`` on ``event``, in order (their guards decide which
+    one runs, first open wins), or why the event is refused."""
+    candidates = index.get(state, _NONE).get(event)
+    if candidates:
+        return candidates
+    return Refuse("no_transition", event not in events)
+
+
+def to_compensate(
+    committed: Sequence[CommittedEffect], effects: Sequence[Effect[Any] | None]
+) -> list[CommittedEffect]:
+    """The committed effects a compensation undoes, newest first: those with a rollback."""
+    out = []
+    for record in reversed(committed):
+        eff = effects[record.transition_index]
+        if eff is not None and eff.rollback is not None:
+            out.append(record)
+    return out
 
 
 # ---------------------------------------------------------------- effect outcomes
