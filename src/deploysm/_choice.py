@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _step as step
@@ -18,14 +19,19 @@ if TYPE_CHECKING:
 
 __all__ = ["choose_and_run"]
 
+_NONE: Mapping[str, Any] = {}
+
 
 async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
     """Rule 1 and on: pick the transition, check the context, run the effect or commit."""
     m.check_active()
     d = m._def
-    state = m._state
-    candidates = step.route(d.index, d.event_set, state.name, ev.type)
-    if isinstance(candidates, step.Refuse):
+    head = m._head
+    state = head.state
+    candidates = d.index.get(state.name, _NONE).get(ev.type)  # step.route, inlined
+    if not candidates:
+        candidates = step.route(d.index, d.event_set, state.name, ev.type)
+        assert isinstance(candidates, step.Refuse)
         why = "unknown event" if candidates.unknown else "no transition"
         return await _refuse(
             m,
@@ -38,7 +44,7 @@ async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> Tran
         )
     chosen: CompiledTransition | None = None
     guard_error: Exception | None = None
-    ctx = m._ctx
+    ctx = head.ctx
     for ct in candidates:
         guard = ct.guard
         if guard is None:

@@ -9,6 +9,7 @@ from . import _lifecycle as lifecycle
 from . import _step as step
 from . import _timers as timers
 from ._definition import CompiledTransition
+from ._head import advance
 from ._snapshot import CommittedEffect
 from ._types import (
     EffectResult,
@@ -37,15 +38,15 @@ async def commit(
 ) -> TransitionResult[Any]:
     """Enter ``ct.to``: exit hook, new state, transition and enter hooks, durable write."""
     d = m._def
-    a = m._state
+    a = m._head.state
     hooked = d.commit_hooks
     if hooked:
         await _exit_hooks(m, a)
     now = d.clock.now()
-    head = m._head
-    visit = step.leave(head, now)
-    if hooked and d.hooks.on_metric is not None:
-        await d.observer.call("on_metric", d.hooks.on_metric, dataclasses.replace(visit))
+    if hooked:
+        visit = step.leave(m._head, now)
+        if d.hooks.on_metric is not None:
+            await d.observer.call("on_metric", d.hooks.on_metric, dataclasses.replace(visit))
     data: dict[str, Any] = {"event": ev.type}
     if ev.payload is not None:
         data["payload"] = ev.payload
@@ -61,7 +62,7 @@ async def commit(
     if key is not None and ct.compensable:
         record = CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version)
     prior_error = head.last_error
-    head, new_visit = step.enter(head, b, now, attempts, errors, record)
+    head, new_visit = advance(head, b, now, attempts, errors, record, True, not hooked)
     m._put(head)
     if hooked:
         await _enter_hooks(m, a, b, ev, new_visit)

@@ -153,11 +153,11 @@ class StateMachine(Generic[S, E, C]):
 
     @property
     def status(self) -> Status:
-        return self._status
+        return self._head.status
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._head.version
 
     @property
     def in_flight(self) -> InFlight | None:
@@ -188,10 +188,11 @@ class StateMachine(Generic[S, E, C]):
         return self._stale
 
     def get_state(self) -> State[S]:
-        return self._state
+        return self._head.state
 
     def get_context(self) -> C:
-        return self._ctx
+        ctx: C = self._head.ctx
+        return ctx
 
     def update_context(self, fn: Any) -> C:
         """Apply ``fn(context)``; if it returns a value, that becomes the context."""
@@ -243,7 +244,7 @@ class StateMachine(Generic[S, E, C]):
         with ``success=False``; bad input and a finished machine raise."""
         clock = self._def.clock
         ev = coerce_event(event, clock)
-        if self._state_deadline is not None and self._state_timer is None:
+        if self._head.state_deadline is not None and self._state_timer is None:
             timers.arm(self, self._state_deadline)
         task = current_task()
         if task is not None and task is self._owner:
@@ -347,6 +348,10 @@ class StateMachine(Generic[S, E, C]):
                 await timer
 
     def check_active(self) -> None:
+        head = self._head
+        ok = head.status == "active" and head.in_flight is None
+        if ok and not self._stale and not self._cancel_requested:
+            return
         if self._stale:
             raise StateMachineError(
                 f"machine {self._machine_id!r} was changed by another writer (or its store "

@@ -8,7 +8,7 @@ the state deadline, and the history and metrics. The engine (``_engine``) keeps 
 
 The history and the metrics are the two parts that grow with a machine's age. They
 are kept as opaque parts of the value: the functions below are the only ones that
-change them (:func:`append_history`, :func:`record_exit`, :func:`enter_visit`,
+change them (:func:`append_history`, :func:`record_exit`, :func:`advance`,
 :func:`count`, :func:`mark_finished`), and they change them in place, so that a step
 costs the same whatever the machine's age. A value's ``history`` and ``metrics`` are
 therefore shared with the values that come after it: read them before the next step
@@ -23,11 +23,14 @@ from typing import Any, NamedTuple
 from ._snapshot import CommittedEffect, InFlight, Status
 from ._types import State, StateMachineMetrics, StateMetrics
 
+_new = tuple.__new__
+
 __all__ = [
     "Head",
     "append_history",
     "count",
-    "enter_visit",
+    "count_attempt",
+    "advance",
     "initial_head",
     "mark_finished",
     "record_exit",
@@ -71,14 +74,47 @@ def record_exit(head: Head, now: datetime) -> StateMetrics:
     return visit
 
 
-def enter_visit(head: Head, name: str, now: datetime, attempts: int, errors: int) -> StateMetrics:
-    """Open the visit of ``name`` (entered at ``now``) and count the transition."""
+def advance(
+    head: Head,
+    to: State[Any],
+    now: datetime,
+    attempts: int,
+    errors: int,
+    committed: CommittedEffect | None,
+    settles: bool,
+    close: bool,
+) -> tuple[Head, StateMetrics]:
+    """The value after entering ``to`` (its version is the next one): the current state
+    goes to the history, ``to``'s visit opens (``close``: the current one closes first,
+    else :func:`record_exit` closed it) and the transition is counted; ``committed`` joins
+    the committed effects; ``settles``: the in-flight record and last error are done
+    with. One function, as it runs once per transition."""
+    old, ctx, _, status, flight, effects, error, deadline, history, metrics = head
+    history.append(old)
+    visits = metrics.states
+    if close:
+        last = visits[-1]
+        last.exited_at = now
+        last.duration_ms = (now - last.entered_at).total_seconds() * 1000.0
+    name = to.name
     visit = StateMetrics(name, now, None, None, attempts, errors)
-    metrics = head.metrics
-    metrics.states.append(visit)
+    visits.append(visit)
     metrics.total_transitions += 1
     metrics.current_state = name
-    return visit
+    if committed is not None:
+        effects = [*effects, committed]
+    if settles:
+        flight = error = None
+    fields = (to, ctx, to.version, status, flight, effects, error, deadline, history, metrics)
+    return _new(Head, fields), visit
+
+
+def count_attempt(head: Head, failed: bool) -> None:
+    """One more effect attempt (``failed``: and one more error)."""
+    metrics = head.metrics
+    metrics.total_attempts += 1
+    if failed:
+        metrics.total_errors += 1
 
 
 def count(

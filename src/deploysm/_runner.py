@@ -18,7 +18,7 @@ from ._errors import (
     StateMachineError,
     TimeoutError,
 )
-from ._head import count
+from ._head import count, count_attempt
 from ._lifecycle import finish_cancel
 from ._snapshot import InFlight
 from ._timeouts import deadline, uninterrupted
@@ -73,12 +73,6 @@ def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[s
     }
 
 
-def new_key(m: StateMachine[Any, Any, Any]) -> str:
-    # The version makes a key unique within its machine even when a restarted process
-    # replays a seeded random source; the random bits make it unique across machines.
-    return step.key_for(m._machine_id, m._version, m._def.random.getrandbits(64))
-
-
 def run_transition(
     m: StateMachine[Any, Any, Any], ct: CompiledTransition, ev: Event[Any], eff: Effect[Any]
 ) -> Coroutine[Any, Any, TransitionResult[Any]]:
@@ -87,8 +81,10 @@ def run_transition(
     A plain function returning the coroutine to await, so that a machine without
     persistence goes straight to :func:`drive`."""
     d = m._def
-    key = new_key(m)
     head = m._head
+    # the version makes the key unique within its machine even when a restarted process
+    # replays a seeded random source; the random bits make it unique across machines
+    key = f"{m._machine_id}:{head.version}:{d.random.getrandbits(64):016x}"
     m._put(step.begin(head, InFlight(head.state.name, ct.to, ev, ct.index, 1, key, d.clock.now())))
     if m._store is not None or d.persist_state is not None:
         return _intent_then_drive(m, ct, ev, eff, key)
@@ -167,7 +163,7 @@ async def drive(
     finally:
         m._cancellable = False
     if result is None:
-        flight = m._in_flight
+        flight = m._head.in_flight
         key = flight.idempotency_key if flight is not None else None
         return await commit(m, ct, ev, run.last_result, run.attempt, run.errors, key)
     return await fail(m, ct, run, result)
@@ -180,7 +176,6 @@ async def _attempts(
     d = m._def
     policy = d.retry
     max_attempts = policy.max_attempts if policy is not None else 1
-    ctx = m._ctx
     if run.wait_until is not None:  # resumed inside a retry delay: finish waiting
         remaining = (run.wait_until - d.clock.now()).total_seconds()
         run.wait_until = None
@@ -188,18 +183,20 @@ async def _attempts(
             await _retry_wait(m, remaining)
         await start_attempt(m)
         m._put(step.flight_running(m._head, run.attempt, d.clock.now()))
-    flight = m._in_flight
+    head = m._head
+    ctx = head.ctx
+    flight = head.in_flight
     assert flight is not None
     started = flight.started_at  # the first attempt starts when the intent was made
     key = flight.idempotency_key
     while True:
-        target: State[Any] = make_state(ct.to, {}, started, m._version, run.attempt, key)
+        target: State[Any] = make_state(ct.to, {}, started, m._head.version, run.attempt, key)
         if not eff.idempotent:
             run.unrolled = True
         run.in_attempt = True
         error = await one_attempt(m, eff, ctx, target, run)
         run.in_attempt = False
-        count(m._head, attempts=1)
+        count_attempt(m._head, error is not None and not m._cancel_requested)
         if m._cancel_requested:  # cancel() was called from inside this transition
             raise _CancelRequested
         if error is None:
@@ -207,7 +204,6 @@ async def _attempts(
             return None
         run.errors += 1
         run.last_error = error
-        count(m._head, errors=1)
         if m._store is not None:
             m.note("attempt_failed", attempt=run.attempt, **error_fields(m, error))
         for _ in step.after_error(eff.idempotent, eff.rollback is not None, run.attempt):
@@ -355,16 +351,15 @@ async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], ru
         run.in_attempt = False
         run.errors += 1
         count(m._head, attempts=1, errors=1)
-    if not run.unrolled:
-        return
-    flight = m._in_flight
-    assert flight is not None
-    target = State(
-        flight.to_state, {}, m._def.clock.now(), m._version, run.attempt, flight.idempotency_key
-    )
-    err = await rollback(m, eff, target, run)
-    if err is not None:
-        run.last_error = err
+    for _ in step.on_interrupt(run.unrolled, eff.rollback is not None, run.attempt):
+        flight = m._in_flight
+        assert flight is not None
+        target = State(
+            flight.to_state, {}, m._def.clock.now(), m._version, run.attempt, flight.idempotency_key
+        )
+        err = await rollback(m, eff, target, run)
+        if err is not None:
+            run.last_error = err
 
 
 async def fail(

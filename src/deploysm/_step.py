@@ -17,11 +17,12 @@ from typing import Any
 
 from ._definition import CompiledTransition
 from ._effects import Effect
-from ._head import Head, append_history, enter_visit, mark_finished, record_exit
+from ._head import Head, advance, mark_finished, record_exit
 from ._snapshot import CommittedEffect, InFlight, Status
 from ._types import State, StateMetrics
 
 _NONE: Mapping[str, Sequence[CompiledTransition]] = {}
+_new = tuple.__new__
 
 __all__ = [
     "Commit",
@@ -44,8 +45,8 @@ __all__ = [
     "flight_running",
     "flight_waiting",
     "leave",
-    "key_for",
     "may_ask_policy",
+    "on_interrupt",
     "on_resolve",
     "on_resume",
     "resumed_active",
@@ -179,6 +180,12 @@ def after_verdict(f: Failed, verdict: bool) -> Retry | GiveUp:
     return Retry(f.attempt + 1)
 
 
+def on_interrupt(unrolled: bool, has_rollback: bool, attempt: int) -> list[Any]:
+    """An attempt cut short (a transition timeout, a cancel): a non-idempotent attempt
+    that started and was not rolled back yet is rolled back (if it can be)."""
+    return [Rollback(attempt)] if unrolled and has_rollback else []
+
+
 def may_ask_policy(f: Failed) -> bool:
     """Whether the retry policy is asked at all."""
     return isinstance(after_verdict(f, True), Retry)
@@ -220,15 +227,16 @@ def timer_fires(head: Head, state: State[Any]) -> bool:
 # ---------------------------------------------------------------- next values
 
 
-def key_for(machine_id: str, version: int, bits: int) -> str:
-    """An idempotency key: unique within the machine (its version) and across
-    machines (``bits``, the driver's random draw)."""
-    return f"{machine_id}:{version}:{bits:016x}"
+# The functions on the hot path build the next value positionally (a NamedTuple's
+# ``_replace`` costs several times more).
 
 
 def begin(head: Head, flight: InFlight) -> Head:
     """The intent of a transition: ``flight`` is now in flight."""
-    return head._replace(in_flight=flight)
+    state, ctx, version, status, _, committed, error, deadline, history, metrics = head
+    return _new(
+        Head, (state, ctx, version, status, flight, committed, error, deadline, history, metrics)
+    )
 
 
 def cleared(head: Head) -> Head:
@@ -283,26 +291,17 @@ def enter(
     committed: CommittedEffect | None = None,
     *,
     settles: bool = True,
+    left: bool = True,
 ) -> tuple[Head, StateMetrics]:
     """Commit: leave the current state for ``to`` (whose version is the head's plus
     one), keep the old one in the history; the new value and the new visit.
     ``settles``: the transition in flight (and the last error) is done with; a move
-    that is not a transition's commit (into the compensated state) keeps them."""
-    append_history(head, head.state)
-    visit = enter_visit(head, to.name, now, attempts, errors)
-    effects = head.committed if committed is None else [*head.committed, committed]
-    if settles:
-        nxt = head._replace(
-            state=to, version=to.version, in_flight=None, last_error=None, committed=effects
-        )
-    else:
-        nxt = head._replace(state=to, version=to.version, committed=effects)
-    return nxt, visit
+    that is not a transition's commit (into the compensated state) keeps them.
+    ``left``: :func:`leave` closed the current visit already (else this does)."""
+    return advance(head, to, now, attempts, errors, committed, settles, not left)
 
 
-def leave(head: Head, now: datetime) -> StateMetrics:
-    """Close the current visit (before :func:`enter`); the closed visit."""
-    return record_exit(head, now)
+leave = record_exit  # close the current visit (before :func:`enter`); the closed visit
 
 
 def failed(head: Head, error: dict[str, Any], keep_flight: bool) -> Head:

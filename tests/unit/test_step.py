@@ -33,6 +33,7 @@ from deploysm._step import (
     flight_waiting,
     leave,
     may_ask_policy,
+    on_interrupt,
     on_resolve,
     on_resume,
     timer_fires,
@@ -110,6 +111,12 @@ def test_on_resolve(action: str, idempotent: bool, expected: list[Any]) -> None:
     assert on_resolve(action, flight(2), idempotent=idempotent) == expected
 
 
+def test_an_interrupted_attempt_is_rolled_back_only_if_it_ran_and_can_be() -> None:
+    assert on_interrupt(True, True, 3) == [Rollback(3)]
+    assert on_interrupt(False, True, 3) == []  # idempotent, or already rolled back
+    assert on_interrupt(True, False, 3) == []
+
+
 def test_after_error_rolls_back_only_non_idempotent_attempts() -> None:
     assert after_error(True, True, 2) == []
     assert after_error(False, False, 2) == []  # nothing to undo it with: never retried
@@ -171,6 +178,7 @@ outcomes = st.one_of(
     st.just(("ok",)),
     st.tuples(st.just("fail"), st.sampled_from([None, True, False]), st.booleans()),
     st.tuples(st.just("crash"), st.sampled_from(["done", "not_done", "unknown"])),
+    st.tuples(st.just("interrupt"), st.sampled_from(["timeout", "cancel"])),
 )
 
 
@@ -188,6 +196,12 @@ def simulate(
             nxt, _ = enter(h, State("b", {}, T0, h.version + 1), T0, attempt, 0)
             versions.append(nxt.version)
             commands.append(Commit())
+            return commands, versions
+        if outcome[0] == "interrupt":  # the running attempt is cut short: the run ends
+            commands += on_interrupt(not idempotent, has_rollback, attempt)
+            h = bumped(failed(h, {"message": outcome[1]}, keep_flight=False))
+            versions.append(h.version)
+            commands.append(Fail(outcome[1]))
             return commands, versions
         if outcome[0] == "fail":
             commands += after_error(idempotent, has_rollback, attempt)
