@@ -24,9 +24,10 @@ _NONE: Mapping[str, Any] = {}
 
 async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
     """Rule 1 and on: pick the transition, check the context, run the effect or commit."""
-    m.check_active()
-    d = m._def
     head = m._head
+    if head.status != "active" or head.in_flight is not None or m._stale or m._cancel_requested:
+        m.check_active()  # raises
+    d = m._def
     state = head.state
     candidates = d.index.get(state.name, _NONE).get(ev.type)  # step.route, inlined
     if not candidates:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 from asyncio import current_task
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
 from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
-from ._head import Head, initial_head
+from ._head import Head, copy_metrics, initial_head
 from ._mutex import FifoLock
 from ._recovery import ResolveAction
 from ._saga import CompensationResult, compensate_locked
@@ -209,8 +208,7 @@ class StateMachine(Generic[S, E, C]):
         return list(self._history)
 
     def get_metrics(self) -> StateMachineMetrics:
-        m = self._metrics
-        copy = dataclasses.replace(m, states=[dataclasses.replace(v) for v in m.states])
+        copy = copy_metrics(self._head.metrics)
         copy.total_duration_ms = self.duration_ms()
         return copy
 
@@ -348,10 +346,6 @@ class StateMachine(Generic[S, E, C]):
                 await timer
 
     def check_active(self) -> None:
-        head = self._head
-        ok = head.status == "active" and head.in_flight is None
-        if ok and not self._stale and not self._cancel_requested:
-            return
         if self._stale:
             raise StateMachineError(
                 f"machine {self._machine_id!r} was changed by another writer (or its store "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploysm import Event, InFlight, State
-from deploysm._head import Head, initial_head
+from deploysm._head import Head, copy_metrics, initial_head
 from deploysm._snapshot import CommittedEffect
 from deploysm._step import (
     Commit,
@@ -39,6 +40,7 @@ from deploysm._step import (
     timer_fires,
     uncommitted,
 )
+from deploysm._types import StateMetrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOT_DONE = object()
@@ -260,3 +262,17 @@ def test_a_non_idempotent_effect_never_runs_twice_without_a_rollback_between(
                 unrolled = False
     # every durable change moves the version by exactly one
     assert all(b - a == 1 for a, b in itertools.pairwise(versions)), versions
+
+
+def test_copy_metrics_copies_every_field_of_every_visit() -> None:
+    h = initial_head("a", None, T0)
+    leave(h, T0 + timedelta(seconds=1))
+    h, _ = enter(h, State("b", {}, T0, 1), T0 + timedelta(seconds=1), 2, 1)
+    copy = copy_metrics(h.metrics)
+    assert copy == h.metrics
+    for mine, theirs in zip(copy.states, h.metrics.states, strict=True):
+        assert mine is not theirs
+        for f in dataclasses.fields(StateMetrics):
+            assert getattr(mine, f.name) == getattr(theirs, f.name)
+    h.metrics.states[-1].errors += 5
+    assert copy.states[-1].errors == 1
