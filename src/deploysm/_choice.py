@@ -107,6 +107,6 @@ async def _refuse(
         await obs.log(
             "warning",
             f"transition refused: {obs.error_text(error)}",
-            {"machine_id": m._machine_id, "state": m._state.name, "code": error.code},
+            {"machine_id": m.machine_id, "state": m._state.name, "code": error.code},
         )
     return TransitionResult(False, m._state, error)

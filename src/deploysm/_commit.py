@@ -71,7 +71,7 @@ async def commit(
         await obs.log(
             "info",
             f"{a.name} -> {b.name} on {ev.type}",
-            {"machine_id": m._machine_id, "version": version, "attempts": attempts},
+            {"machine_id": m.machine_id, "version": version, "attempts": attempts},
         )
     store = m._store
     if store is not None:

@@ -52,7 +52,7 @@ def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> Seri
         history=history,
         metrics=metrics,
         version=m._version,
-        machine_id=m._machine_id,
+        machine_id=m.machine_id,
         definition_id=d.id,
         fingerprint=d.fingerprint,
         status=m._status,
@@ -115,13 +115,13 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
             m._put(step.bumped(m._head, -1))
         obs = m._def.observer
         err = StateMachineError(
-            f"could not persist machine {m._machine_id!r}: {obs.error_text(e)}",
+            f"could not persist machine {m.machine_id!r}: {obs.error_text(e)}",
             ErrorCode.PERSISTENCE_ERROR,
             state=m._state.name,
         )
         err.__cause__ = e
         if obs.enabled("error"):
-            await obs.log("error", err.message, {"machine_id": m._machine_id})
+            await obs.log("error", err.message, {"machine_id": m.machine_id})
         await _failed(m, err)
         return err
     return None
@@ -137,7 +137,7 @@ async def _failed(m: StateMachine[Any, Any, Any], error: StateMachineError) -> N
     if m._store is None or m._stale:
         return
     try:
-        snap = await uninterrupted(m._store.load(m._machine_id))
+        snap = await uninterrupted(m._store.load(m.machine_id))
         if snap is None:
             _as_new(m)
         else:
@@ -177,7 +177,7 @@ def rehydrate(
     else:
         snap = SerializableState.coerce(snapshot)
     d = m._def
-    bad = snapshot_problem(snap, d, m._machine_id if m._explicit_id else None)
+    bad = snapshot_problem(snap, d, m.machine_id if m._explicit_id else None)
     if bad:
         raise StateMachineError(f"snapshot does not fit this machine: {bad}", "INVALID_SNAPSHOT")
     try:

@@ -129,7 +129,7 @@ async def take_over(
             raise
         logger.warning(
             "machine %s: taking over the lease of %s, a process that no longer exists",
-            m._machine_id,
+            m.machine_id,
             e.holder,
         )
         await save(m, snap, journal, snap.version - 1, evict=e.holder)
@@ -184,12 +184,12 @@ async def _beat(m: StateMachine[Any, Any, Any], wait: bool) -> None:
         if token is None or owner is None:
             return
         try:  # not cut short by a stop: a driver may not like a query cancelled
-            lost = await uninterrupted(store.renew(owner, {m._machine_id: token}, d.lease_ms))
+            lost = await uninterrupted(store.renew(owner, {m.machine_id: token}, d.lease_ms))
         except StateMachineError as e:
-            logger.warning("machine %s: lease renewal failed: %s", m._machine_id, e)
+            logger.warning("machine %s: lease renewal failed: %s", m.machine_id, e)
             continue
         if lost and m._lease_token == token:
-            logger.warning("machine %s: lost its lease to another owner", m._machine_id)
+            logger.warning("machine %s: lost its lease to another owner", m.machine_id)
             m._stale = True
             m._lease_token = None
             m._heartbeat = None

@@ -35,7 +35,7 @@ _ACTIONS = ("retry", "mark_succeeded", "mark_failed")
 async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
     d = m._def
     if m._store is not None:
-        snap: SerializableState | None = await m._store.load(m._machine_id)
+        snap: SerializableState | None = await m._store.load(m.machine_id)
         return snap
     if d.load_state is not None:
         raw = await call_maybe_async(d.load_state)
@@ -114,7 +114,7 @@ async def resolve(
         )
     if m._status != "needs_attention":
         raise StateMachineError(
-            f"machine {m._machine_id!r} is {m._status}, not needs_attention: nothing to resolve",
+            f"machine {m.machine_id!r} is {m._status}, not needs_attention: nothing to resolve",
             "NOT_PARKED",
         )
     flight = m._in_flight
@@ -200,7 +200,7 @@ async def _take_over(
     whether it was taken over. When the stored version is newer than the one loaded,
     load again: nothing may be in flight any more (its owner finished it)."""
     for _ in range(3):
-        bad = durability.snapshot_problem(snap, m._def, m._machine_id if m._explicit_id else None)
+        bad = durability.snapshot_problem(snap, m._def, m.machine_id if m._explicit_id else None)
         if bad:
             raise StateMachineError(
                 f"snapshot does not fit this machine: {bad}", "INVALID_SNAPSHOT"
@@ -223,7 +223,7 @@ async def _take_over(
                 return again, False
             snap = again
     raise StateMachineError(
-        f"machine {m._machine_id!r} kept changing while resume() took it over", ErrorCode.CONFLICT
+        f"machine {m.machine_id!r} kept changing while resume() took it over", ErrorCode.CONFLICT
     )
 
 

@@ -84,7 +84,7 @@ def run_transition(
     head = m._head
     # the version makes the key unique within its machine even when a restarted process
     # replays a seeded random source; the random bits make it unique across machines
-    key = f"{m._machine_id}:{head.version}:{d.random.getrandbits(64):016x}"
+    key = f"{m.machine_id}:{head.version}:{d.random.getrandbits(64):016x}"
     m._put(step.begin(head, InFlight(head.state.name, ct.to, ev, ct.index, 1, key, d.clock.now())))
     if m._store is not None or d.persist_state is not None:
         return _intent_then_drive(m, ct, ev, eff, key)
@@ -239,7 +239,7 @@ async def _before_retry(
             f"{type(error).__name__}: {obs.error_text(error)}; retrying in "
             f"{delay_ms / 1000:.3g} s",
             {
-                "machine_id": m._machine_id,
+                "machine_id": m.machine_id,
                 "attempt": run.attempt,
                 "max_attempts": policy.max_attempts,
                 "delay_ms": round(delay_ms, 3),
@@ -339,7 +339,7 @@ async def rollback(
         await obs.log(
             "info",
             f"rolled back attempt {target.attempts} of {eff.label}",
-            {"machine_id": m._machine_id, "attempt": target.attempts},
+            {"machine_id": m.machine_id, "attempt": target.attempts},
         )
     return None
 

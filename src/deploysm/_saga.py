@@ -70,7 +70,7 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
             await obs.log(
                 "info",
                 f"compensated {record.state} (entered from {record.from_state} on {record.event})",
-                {"machine_id": m._machine_id, "idempotency_key": record.idempotency_key},
+                {"machine_id": m.machine_id, "idempotency_key": record.idempotency_key},
             )
         persist_error = await m.persist(bump=True)
         if persist_error is not None:  # not recorded: the store still lists the effect

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploysm import Event, InFlight, State
+from deploysm import effect as deploysm_effect
 from deploysm._head import Head, copy_metrics, initial_head
 from deploysm._snapshot import CommittedEffect
 from deploysm._step import (
@@ -20,6 +21,7 @@ from deploysm._step import (
     Failed,
     GiveUp,
     Park,
+    Refuse,
     Rerun,
     Retry,
     Rollback,
@@ -37,7 +39,9 @@ from deploysm._step import (
     on_interrupt,
     on_resolve,
     on_resume,
+    route,
     timer_fires,
+    to_compensate,
     uncommitted,
 )
 from deploysm._types import StateMetrics
@@ -276,3 +280,27 @@ def test_copy_metrics_copies_every_field_of_every_visit() -> None:
             assert getattr(mine, f.name) == getattr(theirs, f.name)
     h.metrics.states[-1].errors += 5
     assert copy.states[-1].errors == 1
+
+
+def test_route_finds_the_candidates_or_says_why_not() -> None:
+    from deploysm._definition import compile_config
+    from deploysm.examples.simple import simple_config
+
+    d = compile_config(simple_config())
+    first = next(iter(d.index))
+    event = next(iter(d.index[first]))
+    assert route(d.index, d.event_set, first, event) == d.index[first][event]
+    assert route(d.index, d.event_set, first, "NO_SUCH_EVENT") == Refuse("no_transition", True)
+    other = next((e for e in d.events if e not in d.index[first]), None)
+    if other is not None:
+        assert route(d.index, d.event_set, first, other) == Refuse("no_transition", False)
+
+
+def test_compensation_undoes_effects_with_a_rollback_newest_first() -> None:
+    def effect(has_rollback: bool) -> Any:
+        build = deploysm_effect().execute(lambda c, s: None)
+        return (build.rollback(lambda c, s: None) if has_rollback else build).build()
+
+    effects = [effect(True), effect(False), None, effect(True)]
+    committed = [CommittedEffect(f"s{i}", "a", "go", i, f"k{i}", i + 1) for i in (0, 1, 3)]
+    assert [c.state for c in to_compensate(committed, effects)] == ["s3", "s0"]
