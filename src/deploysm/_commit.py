@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from . import _lifecycle as lifecycle
 from . import _timers as timers
 from ._definition import CompiledTransition
+from ._history import committed_record, enter_visit, exit_visit, push_history
 from ._snapshot import CommittedEffect
 from ._types import (
     EffectResult,
@@ -42,12 +43,10 @@ async def commit(
         await _exit_hooks(m, a)
     now = d.clock.now()
     metrics = m._metrics
-    visit = metrics.states[-1]
-    visit.exited_at = now
-    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
+    visit = exit_visit(metrics, now)
     if hooked and d.hooks.on_metric is not None:
         await d.observer.call("on_metric", d.hooks.on_metric, dataclasses.replace(visit))
-    m._history.append(a)
+    push_history(m._history, a, d.history_limit)
     data: dict[str, Any] = {"event": ev.type}
     if ev.payload is not None:
         data["payload"] = ev.payload
@@ -59,10 +58,7 @@ async def commit(
     version = m._version = m._version + 1
     b: State[Any] = make_state(ct.to, data, now, version, attempts, key)
     m._state = b
-    new_visit = StateMetrics(ct.to, now, None, None, attempts, errors)
-    metrics.states.append(new_visit)
-    metrics.total_transitions += 1
-    metrics.current_state = ct.to
+    new_visit = enter_visit(metrics, ct.to, now, attempts, errors, d.history_limit)
     if key is not None and ct.compensable:
         m._committed.append(CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version))
     m._in_flight = None
@@ -78,7 +74,7 @@ async def commit(
         )
     store = m._store
     if store is not None:
-        m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
+        m.note("committed", **committed_record(a, b.name, ev.type, attempts, key))
     if ct.to in d.finals:
         if ct.to in d.failures:
             lifecycle.finish_failure_state(m, a.name, ev.type, prior_error)

@@ -11,11 +11,12 @@ from ._codec import decode_context, jsonable
 from ._definition import Definition
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
+from ._history import new_metrics, window
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
 from ._timeouts import uninterrupted
 from ._timers import arm, stop
-from ._types import State, StateMachineMetrics, StateMetrics
+from ._types import State
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -153,7 +154,7 @@ def _as_new(m: StateMachine[Any, Any, Any]) -> None:
     now = d.clock.now()
     m._state = State(d.initial, {}, now, 0)
     m._history = []
-    m._metrics = StateMachineMetrics(states=[StateMetrics(d.initial, now)], current_state=d.initial)
+    m._metrics = new_metrics(d.initial, now)
     m._version = 0
     m._status = "active"
     m._in_flight = None
@@ -198,8 +199,9 @@ def rehydrate(
     m._ctx = ctx
     m._machine_id = snap.machine_id
     m._state = snap.current_state
-    m._history = list(snap.history)
-    m._metrics = snap.metrics
+    m._history, m._metrics, dropped = window(
+        snap.history, snap.metrics, d.history_limit, snap.schema_version >= 2
+    )
     m._version = snap.version
     m._status = snap.status
     m._in_flight = snap.in_flight
@@ -209,6 +211,8 @@ def rehydrate(
     m._saved_version = snap.version
     m._stale = False
     m._pending = []
+    if dropped and m._store is not None:  # kept in the journal, written with the next save
+        m.note("history", states=dropped)
     m.stop_state_timer()
     if snap.status == "active" and d.state_timeout_s is not None and not m.is_final():
         m.arm_state_timer(snap.state_deadline)
@@ -224,6 +228,7 @@ def snapshot_problem(snap: SerializableState, d: Definition, machine_id: str | N
         return f"it is machine {snap.machine_id!r}, not {machine_id!r}"
     names = [snap.current_state.name, *(s.name for s in snap.history)]
     names += [v.state for v in snap.metrics.states]
+    names += list(snap.metrics.per_state)
     names += [c.state for c in snap.committed_effects]
     if snap.in_flight is not None:
         names += [snap.in_flight.from_state, snap.in_flight.to_state]

@@ -7,7 +7,6 @@ compensation lives in :mod:`._saga`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 from asyncio import current_task
 from collections.abc import Mapping
@@ -25,11 +24,12 @@ from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
 from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
+from ._history import copy_metrics, new_metrics
 from ._mutex import FifoLock
 from ._recovery import ResolveAction
 from ._saga import CompensationResult, compensate_locked
 from ._snapshot import CommittedEffect, InFlight, SerializableState, Status
-from ._types import Event, State, StateMachineMetrics, StateMetrics, TransitionResult
+from ._types import Event, State, StateMachineMetrics, TransitionResult
 from .stores._base import JournalRecord
 
 __all__ = ["StateMachine", "create_state_machine"]
@@ -85,9 +85,7 @@ class StateMachine(Generic[S, E, C]):
         now = definition.clock.now()
         self._state: State[S] = State(definition.initial, _EMPTY, now, 0)  # type: ignore[arg-type]
         self._history: list[State[S]] = []
-        self._metrics = StateMachineMetrics(
-            states=[StateMetrics(definition.initial, now)], current_state=definition.initial
-        )
+        self._metrics = new_metrics(definition.initial, now)
         self._version = 0
         self._status: Status = "active"
         self._lock: FifoLock | None = None
@@ -149,21 +147,24 @@ class StateMachine(Generic[S, E, C]):
         return self._ctx
 
     def get_history(self) -> list[State[S]]:
+        """The states this machine left, oldest first: the last ``history_limit`` of
+        them (the full history is in its store's journal: ``stores.full_history``)."""
         return list(self._history)
 
     def get_metrics(self) -> StateMachineMetrics:
-        m = self._metrics
-        copy = dataclasses.replace(m, states=[dataclasses.replace(v) for v in m.states])
-        copy.total_duration_ms = self.duration_ms()
-        return copy
+        """A copy of the metrics; ``states`` holds the recent visits (see
+        :class:`StateMachineMetrics`)."""
+        return copy_metrics(self._metrics, self.duration_ms())
 
     def duration_ms(self) -> float:
         """From entering the first state to now (to the last state once finished)."""
-        visits = self._metrics.states
+        metrics = self._metrics
+        visits = metrics.states
         if not visits:
             return 0.0
+        start = metrics.started_at or visits[0].entered_at
         end = visits[-1].entered_at if self._status != "active" else self._def.clock.now()
-        return (end - visits[0].entered_at).total_seconds() * 1000.0
+        return (end - start).total_seconds() * 1000.0
 
     def available_transitions(self) -> list[CompiledTransition]:
         """The transitions the current state accepts, in declaration order."""

@@ -17,6 +17,7 @@ from ._errors import (
     StateMachineError,
     TimeoutError,
 )
+from ._history import add_errors
 from ._lifecycle import finish_cancel
 from ._snapshot import InFlight
 from ._timeouts import deadline, uninterrupted
@@ -373,7 +374,7 @@ async def fail(
     """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
     if isinstance(error, _NotDurable):
         return TransitionResult(False, m._state, error.error, run.last_result)
-    m._metrics.states[-1].errors += run.errors
+    add_errors(m._metrics, run.errors)
     if m._status != "needs_attention":
         m._in_flight = None
     m._last_error = m.error_record(error)

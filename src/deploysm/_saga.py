@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
+from ._history import committed_record, enter_visit, exit_visit, push_history
 from ._timeouts import uninterrupted
-from ._types import State, StateMetrics
+from ._types import State
 
 if TYPE_CHECKING:
     from ._engine import StateMachine
@@ -92,19 +93,14 @@ async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
     if hooks.on_state_exit is not None:
         await obs.call("on_state_exit", hooks.on_state_exit, a, m._ctx)
     now = d.clock.now()
-    visit = m._metrics.states[-1]
-    visit.exited_at = now
-    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
+    visit = exit_visit(m._metrics, now)
     if hooks.on_metric is not None:
         await obs.call("on_metric", hooks.on_metric, dataclasses.replace(visit))
-    m._history.append(a)
+    push_history(m._history, a, d.history_limit)
     m._version += 1
     m._state = State(name, {"compensated": True}, now, m._version)
-    entered = StateMetrics(name, now)
-    m._metrics.states.append(entered)
-    m._metrics.current_state = name
-    m._metrics.total_transitions += 1
-    m.note("committed", source=a.name, to=name, event=None, attempts=0, key=None)
+    entered = enter_visit(m._metrics, name, now, 0, 0, d.history_limit)
+    m.note("committed", **committed_record(a, name, None, 0, None))
     if hooks.on_state_enter is not None:
         await obs.call("on_state_enter", hooks.on_state_enter, m._state, m._ctx)
     if hooks.on_metric is not None:
