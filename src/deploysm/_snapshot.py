@@ -114,7 +114,10 @@ class SerializableState:
                 data = value.to_dict()
             except Exception as e:
                 raise invalid(f"malformed snapshot object: {type(e).__name__}: {e}") from e
-            return cls.from_dict(data)
+            loaded = cls.from_dict(data)
+            if value.schema_version in (1, SCHEMA_VERSION):  # the format it was read from
+                loaded.schema_version = value.schema_version
+            return loaded
         if isinstance(value, str | bytes | bytearray):
             return cls.from_json(bytes(value) if isinstance(value, bytearray) else value)
         return cls.from_dict(value)

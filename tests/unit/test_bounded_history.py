@@ -4,7 +4,6 @@ and the full history stays readable from its store's journal."""
 from __future__ import annotations
 
 import json
-import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,35 +11,11 @@ from typing import Any
 import pytest
 
 import deploysm
-from deploysm import Event, SerializableState, StateMachineConfig, StateMachineError, Transition
+from deploysm import Event, SerializableState, StateMachineError
 from deploysm.stores import MemoryStore, full_history
-from deploysm.testing import VirtualClock
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-START = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-_DEFAULT: Any = object()
-
-
-def ping_pong(limit: Any = _DEFAULT, **extra: Any) -> StateMachineConfig[Any, Any, Any]:
-    """The workflow of ``snapshot_v1_long_history.json``: ``HIT`` flips ping and pong."""
-    kwargs: dict[str, Any] = {} if limit is _DEFAULT else {"history_limit": limit}
-    return StateMachineConfig(
-        id="ping-pong",
-        initial_state="ping",
-        states=["ping", "pong", "done"],
-        events=["HIT", "STOP"],
-        transitions=[
-            Transition("ping", "pong", "HIT"),
-            Transition("pong", "ping", "HIT"),
-            Transition(["ping", "pong"], "done", "STOP"),
-        ],
-        clock=VirtualClock(START),
-        random=random.Random(1),
-        **kwargs,
-        **extra,
-    )
+START = datetime(2026, 1, 1, tzinfo=UTC)  # the ping_pong fixture's clock
 
 
 async def _run(sm: Any, hits: int) -> None:
@@ -50,9 +25,9 @@ async def _run(sm: Any, hits: int) -> None:
         assert (await sm.dispatch(Event("HIT", payload={"i": i}))).success
 
 
-async def test_a_machine_keeps_its_last_states_and_exact_totals() -> None:
-    small = deploysm.create_state_machine(ping_pong(3), {}, machine_id="m")
-    full = deploysm.create_state_machine(ping_pong(1000), {}, machine_id="m")
+async def test_a_machine_keeps_its_last_states_and_exact_totals(ping_pong: Any) -> None:
+    small = deploysm.create_state_machine(ping_pong(history_limit=3), {}, machine_id="m")
+    full = deploysm.create_state_machine(ping_pong(history_limit=1000), {}, machine_id="m")
     for sm in (small, full):
         await _run(sm, 25)
     assert len(full.get_history()) == 25
@@ -71,30 +46,30 @@ async def test_a_machine_keeps_its_last_states_and_exact_totals() -> None:
     assert len(snap["history"]) == 3 and len(snap["metrics"]["states"]) == 4
 
 
-async def test_a_limit_of_zero_keeps_only_the_current_state() -> None:
-    sm = deploysm.create_state_machine(ping_pong(0), {}, machine_id="m")
+async def test_a_limit_of_zero_keeps_only_the_current_state(ping_pong: Any) -> None:
+    sm = deploysm.create_state_machine(ping_pong(history_limit=0), {}, machine_id="m")
     await _run(sm, 4)
     assert sm.get_history() == []
     assert [v.state for v in sm.get_metrics().states] == ["ping"]
     assert sm.get_metrics().per_state["ping"].visits == 3
 
 
-def test_the_default_limit_is_ten() -> None:
+def test_the_default_limit_is_ten(ping_pong: Any) -> None:
     assert ping_pong().history_limit == 10
 
 
 @pytest.mark.parametrize("bad", [-1, 1_000_001, "5", 2.0, True, None])
-def test_history_limit_must_be_a_sane_int(bad: Any) -> None:
+def test_history_limit_must_be_a_sane_int(bad: Any, ping_pong: Any) -> None:
     with pytest.raises(StateMachineError) as info:
-        ping_pong(bad)
+        ping_pong(history_limit=bad)
     assert info.value.code == "INVALID_CONFIG"
     assert "history_limit" in str(info.value)
 
 
-async def test_the_journal_keeps_the_full_history() -> None:
+async def test_the_journal_keeps_the_full_history(ping_pong: Any) -> None:
     store = MemoryStore()
-    sm = deploysm.create_state_machine(ping_pong(2, store=store), {}, machine_id="m")
-    reference = deploysm.create_state_machine(ping_pong(1000), {}, machine_id="m")
+    sm = deploysm.create_state_machine(ping_pong(history_limit=2, store=store), {}, machine_id="m")
+    reference = deploysm.create_state_machine(ping_pong(history_limit=1000), {}, machine_id="m")
     for m in (sm, reference):
         await _run(m, 12)
     assert len(sm.get_history()) == 2
@@ -116,12 +91,16 @@ def _v1_long() -> dict[str, Any]:
     return data
 
 
-async def test_a_v1_snapshot_with_a_long_history_loads_into_a_small_limit_and_saves_v2() -> None:
+async def test_a_v1_snapshot_with_a_long_history_loads_into_a_small_limit_and_saves_v2(
+    ping_pong: Any,
+) -> None:
     v1 = _v1_long()
     assert v1["schema_version"] == 1 and len(v1["history"]) == 40
     store = MemoryStore()
     await store.save(SerializableState.from_dict(v1), expected_version=None)
-    sm = deploysm.create_state_machine(ping_pong(5, store=store), {}, machine_id="pp-1")
+    sm = deploysm.create_state_machine(
+        ping_pong(history_limit=5, store=store), {}, machine_id="pp-1"
+    )
     await sm.rehydrate(v1)
     assert sm.get_history() == SerializableState.from_dict(v1).history[-5:]
     await _run(sm, 1)
