@@ -35,6 +35,7 @@ BENCHMARKS = {
     "B3": "b3_concurrency.py",
     "B4": "b4_recovery.py",
     "B5": "b5_latency.py",
+    "B6": "b6_long_lived.py",
 }
 TIMEOUT_S = 3600
 

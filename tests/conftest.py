@@ -4,9 +4,43 @@ fail rather than skip)."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
+from deploysm import StateMachineConfig, Transition
+from deploysm.testing import VirtualClock
+
 PG_ENV = "DEPLOYSM_TEST_PG"
+PING_PONG_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def ping_pong() -> Callable[..., StateMachineConfig[Any, Any, Any]]:
+    """``ping_pong(history_limit=..., store=...)``: the workflow that wrote
+    ``fixtures/snapshot_v1_long_history.json`` (``HIT`` flips ping and pong), on a
+    ``VirtualClock`` starting at ``PING_PONG_START``."""
+
+    def make(**extra: Any) -> StateMachineConfig[Any, Any, Any]:
+        return StateMachineConfig(
+            id="ping-pong",
+            initial_state="ping",
+            states=["ping", "pong", "done"],
+            events=["HIT", "STOP"],
+            transitions=[
+                Transition("ping", "pong", "HIT"),
+                Transition("pong", "ping", "HIT"),
+                Transition(["ping", "pong"], "done", "STOP"),
+            ],
+            clock=VirtualClock(PING_PONG_START),
+            random=random.Random(1),
+            **extra,
+        )
+
+    return make
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -28,6 +28,7 @@ from ._types import (
     State,
     StateMachineMetrics,
     StateMetrics,
+    StateTotals,
     TransitionResult,
 )
 from ._validation import ValidationReport, validate
@@ -60,6 +61,7 @@ __all__ = [
     "StateMachineError",
     "StateMachineMetrics",
     "StateMetrics",
+    "StateTotals",
     "SystemClock",
     "TimeoutConfig",
     "TimeoutError",

@@ -10,6 +10,7 @@ from . import _step as step
 from . import _timers as timers
 from ._definition import CompiledTransition
 from ._head import advance
+from ._history import committed_record
 from ._snapshot import CommittedEffect
 from ._types import (
     EffectResult,
@@ -62,7 +63,9 @@ async def commit(
     if key is not None and ct.compensable:
         record = CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version)
     prior_error = head.last_error
-    head, new_visit = advance(head, b, now, attempts, errors, record, True, not hooked)
+    head, new_visit = advance(
+        head, b, now, attempts, errors, record, True, not hooked, d.history_limit
+    )
     m._put(head)
     if hooked:
         await _enter_hooks(m, a, b, ev, new_visit)
@@ -75,7 +78,7 @@ async def commit(
         )
     store = m._store
     if store is not None:
-        m.note("committed", source=a.name, to=b.name, event=ev.type, attempts=attempts, key=key)
+        m.note("committed", **committed_record(a, b.name, ev.type, attempts, key))
     if ct.to in d.finals:
         if ct.to in d.failures:
             lifecycle.finish_failure_state(m, a.name, ev.type, prior_error)

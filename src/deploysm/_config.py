@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._clock import Clock
 from ._effects import Effect
 from ._errors import ErrorCode, StateMachineError
+from ._history import DEFAULT_HISTORY_LIMIT
 from ._retry import RetryPolicy
 from ._types import Event
 
@@ -109,6 +110,13 @@ class StateMachineConfig(Generic[S, E, C]):
     ``completed``, and ``on_complete`` is not called). Default: ``["failed"]`` when
     ``"failed"`` is a final state (the example deployment workflow has one), else
     none; ``[]`` says that no final state is a failure. Each must be a final state.
+
+    ``history_limit``: how many of the states it left a machine keeps (``get_history()``,
+    the snapshot's ``history``, and as many finished visits in ``metrics.states``);
+    older ones drop off the front, so a snapshot's size does not grow with the
+    machine's age. Default 10: a deployment's whole run fits, a long-lived machine
+    saves a few KB. The full history stays in the store's journal
+    (``deploysm.stores.full_history``). An int from 0 to 1,000,000.
     """
 
     id: str
@@ -132,6 +140,7 @@ class StateMachineConfig(Generic[S, E, C]):
     redact_keys: Sequence[str] | None = None
     lease_ms: int = 30_000
     failure_states: Sequence[S] | None = None
+    history_limit: int = DEFAULT_HISTORY_LIMIT
     _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -74,6 +74,7 @@ class Definition:
         "failures",
         "finals",
         "fingerprint",
+        "history_limit",
         "hooks",
         "id",
         "index",
@@ -150,6 +151,7 @@ class Definition:
         # (``_lease``); a worker's machines write through their claim's lease instead.
         self.leases = isinstance(cfg.store, RuntimeStore)
         self.lease_ms: int = cfg.lease_ms
+        self.history_limit: int = cfg.history_limit
         self.clock: Clock = cfg.clock if cfg.clock is not None else SYSTEM_CLOCK
         self.random: _random.Random = cfg.random if cfg.random is not None else _random.Random()
         self.validate_context = cfg.validate_context

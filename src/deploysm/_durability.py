@@ -13,6 +13,7 @@ from ._definition import Definition
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
 from ._head import Head, initial_head
+from ._history import window
 from ._snapshot import SerializableState
 from ._snapshot_json import cache_for
 from ._timeouts import uninterrupted
@@ -189,6 +190,9 @@ def rehydrate(
     if check_busy and lock is not None and lock.locked():
         raise StateMachineError("cannot rehydrate while a transition runs", "BUSY")
     m._machine_id = snap.machine_id
+    history, metrics, dropped = window(
+        snap.history, snap.metrics, d.history_limit, snap.schema_version >= 2
+    )
     m._put(
         Head(
             snap.current_state,
@@ -199,14 +203,16 @@ def rehydrate(
             list(snap.committed_effects),
             snap.last_error,
             m._state_deadline,
-            list(snap.history),
-            snap.metrics,
+            history,
+            metrics,
         )
     )
     m._cancel_requested = snap.status == "cancelled"
     m._saved_version = snap.version
     m._stale = False
     m._pending = []
+    if dropped and m._store is not None:  # kept in the journal, written with the next save
+        m.note("history", states=dropped)
     m.stop_state_timer()
     if snap.status == "active" and d.state_timeout_s is not None and not m.is_final():
         m.arm_state_timer(snap.state_deadline)
@@ -222,6 +228,7 @@ def snapshot_problem(snap: SerializableState, d: Definition, machine_id: str | N
         return f"it is machine {snap.machine_id!r}, not {machine_id!r}"
     names = [snap.current_state.name, *(s.name for s in snap.history)]
     names += [v.state for v in snap.metrics.states]
+    names += list(snap.metrics.per_state)
     names += [c.state for c in snap.committed_effects]
     if snap.in_flight is not None:
         names += [snap.in_flight.from_state, snap.in_flight.to_state]

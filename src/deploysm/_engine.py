@@ -25,7 +25,8 @@ from ._config import StateMachineConfig
 from ._definition import CompiledTransition, Definition, compile_config
 from ._errors import ErrorCode, StateMachineError
 from ._events import coerce_event
-from ._head import Head, copy_metrics, initial_head
+from ._head import Head, initial_head
+from ._history import copy_metrics
 from ._mutex import FifoLock
 from ._recovery import ResolveAction
 from ._saga import CompensationResult, compensate_locked
@@ -205,20 +206,24 @@ class StateMachine(Generic[S, E, C]):
         return self._ctx
 
     def get_history(self) -> list[State[S]]:
+        """The states this machine left, oldest first: the last ``history_limit`` of
+        them (the full history is in its store's journal: ``stores.full_history``)."""
         return list(self._history)
 
     def get_metrics(self) -> StateMachineMetrics:
-        copy = copy_metrics(self._head.metrics)
-        copy.total_duration_ms = self.duration_ms()
-        return copy
+        """A copy of the metrics; ``states`` holds the recent visits (see
+        :class:`StateMachineMetrics`)."""
+        return copy_metrics(self._head.metrics, self.duration_ms())
 
     def duration_ms(self) -> float:
         """From entering the first state to now (to the last state once finished)."""
-        visits = self._metrics.states
+        metrics = self._metrics
+        visits = metrics.states
         if not visits:
             return 0.0
+        start = metrics.started_at or visits[0].entered_at
         end = visits[-1].entered_at if self._status != "active" else self._def.clock.now()
-        return (end - visits[0].entered_at).total_seconds() * 1000.0
+        return (end - start).total_seconds() * 1000.0
 
     def available_transitions(self) -> list[CompiledTransition]:
         """The transitions the current state accepts, in declaration order."""

@@ -17,10 +17,10 @@ therefore shared with the values that come after it: read them before the next s
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from ._history import add_errors, enter_visit, exit_visit, new_metrics, push_history
 from ._snapshot import CommittedEffect, InFlight, Status
 from ._types import State, StateMachineMetrics, StateMetrics
 
@@ -30,7 +30,6 @@ __all__ = [
     "Head",
     "append_history",
     "count",
-    "copy_metrics",
     "count_attempt",
     "advance",
     "initial_head",
@@ -56,24 +55,21 @@ class Head(NamedTuple):
 
 def initial_head(initial: str, ctx: Any, now: datetime) -> Head:
     """A machine that has just been built (or that its store has never saved)."""
-    metrics = StateMachineMetrics(states=[StateMetrics(initial, now)], current_state=initial)
+    metrics = new_metrics(initial, now)
     return Head(State(initial, {}, now, 0), ctx, 0, "active", None, [], None, None, [], metrics)
 
 
 # ---------------------------------------------------------------- history and metrics
 
 
-def append_history(head: Head, state: State[Any]) -> None:
-    """Keep ``state`` (the one just left) in the history."""
-    head.history.append(state)
+def append_history(head: Head, state: State[Any], limit: int) -> None:
+    """Keep ``state`` (the one just left) among the last ``limit`` in the history."""
+    push_history(head.history, state, limit)
 
 
 def record_exit(head: Head, now: datetime) -> StateMetrics:
     """Close the current visit at ``now``; the closed visit."""
-    visit = head.metrics.states[-1]
-    visit.exited_at = now
-    visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
-    return visit
+    return exit_visit(head.metrics, now)
 
 
 def advance(
@@ -85,24 +81,18 @@ def advance(
     committed: CommittedEffect | None,
     settles: bool,
     close: bool,
+    limit: int,
 ) -> tuple[Head, StateMetrics]:
     """The value after entering ``to`` (its version is the next one): the current state
-    goes to the history, ``to``'s visit opens (``close``: the current one closes first,
-    else :func:`record_exit` closed it) and the transition is counted; ``committed`` joins
+    goes to the history (the last ``limit`` kept), ``to``'s visit opens (``close``: the
+    current one closes first, else :func:`record_exit` closed it); ``committed`` joins
     the committed effects; ``settles``: the in-flight record and last error are done
     with. One function, as it runs once per transition."""
     old, ctx, _, status, flight, effects, error, deadline, history, metrics = head
-    history.append(old)
-    visits = metrics.states
+    push_history(history, old, limit)
     if close:
-        last = visits[-1]
-        last.exited_at = now
-        last.duration_ms = (now - last.entered_at).total_seconds() * 1000.0
-    name = to.name
-    visit = StateMetrics(name, now, None, None, attempts, errors)
-    visits.append(visit)
-    metrics.total_transitions += 1
-    metrics.current_state = name
+        exit_visit(metrics, now)
+    visit = enter_visit(metrics, to.name, now, attempts, errors, limit)
     if committed is not None:
         effects = [*effects, committed]
     if settles:
@@ -142,17 +132,7 @@ def count(
     if compensations:
         metrics.total_compensations += compensations
     if visit_errors:
-        metrics.states[-1].errors += visit_errors
-
-
-def copy_metrics(metrics: StateMachineMetrics) -> StateMachineMetrics:
-    """A copy of ``metrics`` that later steps do not change (one visit copy each, by
-    its constructor: ``dataclasses.replace`` costs ten times more)."""
-    visits = [
-        StateMetrics(v.state, v.entered_at, v.exited_at, v.duration_ms, v.attempts, v.errors)
-        for v in metrics.states
-    ]
-    return dataclasses.replace(metrics, states=visits)
+        add_errors(metrics, visit_errors)
 
 
 def mark_finished(head: Head, status: Status) -> None:

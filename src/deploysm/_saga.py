@@ -11,6 +11,7 @@ from . import _step as step
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError
 from ._head import count
+from ._history import committed_record
 from ._timeouts import uninterrupted
 from ._types import State
 
@@ -97,9 +98,9 @@ async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
         await obs.call("on_metric", hooks.on_metric, dataclasses.replace(visit))
     head = m._head
     b = State(name, {"compensated": True}, now, head.version + 1)
-    head, entered = step.enter(head, b, now, 0, 0, settles=False)
+    head, entered = step.enter(head, b, now, 0, 0, limit=d.history_limit, settles=False)
     m._put(head)
-    m.note("committed", source=a.name, to=name, event=None, attempts=0, key=None)
+    m.note("committed", **committed_record(a, name, None, 0, None))
     if hooks.on_state_enter is not None:
         await obs.call("on_state_enter", hooks.on_state_enter, m._state, m._ctx)
     if hooks.on_metric is not None:

@@ -1,4 +1,4 @@
-"""The durable snapshot of a machine (format v1) and its strict validation."""
+"""The durable snapshot of a machine (format v2) and its strict validation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CommittedEffect", "InFlight", "SCHEMA_VERSION", "STATUSES", "SerializableState"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("active", "completed", "failed", "cancelled", "needs_attention")
 Status = Literal["active", "completed", "failed", "cancelled", "needs_attention"]
 
@@ -51,7 +51,10 @@ class CommittedEffect:
 
 @dataclass(slots=True)
 class SerializableState:
-    """Everything needed to bring a machine back: ``to_dict()`` is JSON-safe."""
+    """Everything needed to bring a machine back: ``to_dict()`` is JSON-safe.
+
+    ``schema_version`` is the format it was read from (``from_dict``); ``to_dict()``
+    always writes the current format."""
 
     current_state: State[Any]
     context: Any
@@ -111,7 +114,10 @@ class SerializableState:
                 data = value.to_dict()
             except Exception as e:
                 raise invalid(f"malformed snapshot object: {type(e).__name__}: {e}") from e
-            return cls.from_dict(data)
+            loaded = cls.from_dict(data)
+            if value.schema_version in (1, SCHEMA_VERSION):  # the format it was read from
+                loaded.schema_version = value.schema_version
+            return loaded
         if isinstance(value, str | bytes | bytearray):
             return cls.from_json(bytes(value) if isinstance(value, bytearray) else value)
         return cls.from_dict(value)
@@ -136,7 +142,7 @@ def _dt_out(d: datetime | None) -> str | None:
 def head_out(s: SerializableState) -> dict[str, Any]:
     """The document's fields before ``history``."""
     return {
-        "schema_version": s.schema_version,
+        "schema_version": SCHEMA_VERSION,
         "machine_id": s.machine_id,
         "definition_id": s.definition_id,
         "fingerprint": s.fingerprint,
@@ -204,6 +210,16 @@ def metrics_out(m: StateMachineMetrics, visits: list[StateMetrics]) -> dict[str,
         "current_state": m.current_state,
         "total_rollbacks": m.total_rollbacks,
         "total_compensations": m.total_compensations,
+        "started_at": _dt_out(m.started_at),
+        "per_state": {
+            name: {
+                "visits": t.visits,
+                "duration_ms": t.duration_ms,
+                "attempts": t.attempts,
+                "errors": t.errors,
+            }
+            for name, t in m.per_state.items()
+        },
     }
 
 

@@ -8,15 +8,17 @@ machine. ``SnapshotJSON.dumps(snapshot)`` returns exactly
 finished ``metrics.states`` visit only the first time it is saved. That is sound
 because of how the engine changes them:
 
-* ``history`` only grows (``append``) until ``rehydrate``/``resume`` replace the list;
-  its entries are frozen ``State`` records.
+* ``history`` grows at the end (``append``) and, past ``history_limit``, loses entries
+  at the front; its entries are frozen ``State`` records.
 * ``metrics.states``: only the last visit is ever changed (its exit time when a
   transition commits, its errors when one fails) before the next is appended; a
-  visit that is no longer last stays as it is. ``rehydrate``/``resume`` replace the list.
+  visit that is no longer last stays as it is. Old visits drop off the front.
 
-A cached prefix is reused only while the list is the same object (the cache keeps it
-alive, so its id is never reused), is at least as long, and still holds the same
-last cached entry; anything else rebuilds it. The header, ``current_state``,
+So the cache keeps the entries it encoded (alive, as objects) with their text, and
+reuses the text of each entry that is the very same object as the cached one at the
+same place after the dropped front; from the first entry that is not, everything is
+encoded afresh (``rehydrate``/``resume`` put new objects in, so all of it then). The
+header, ``current_state``,
 ``context``, the last visit, the totals and the fields after ``metrics`` are encoded
 afresh on every save. (A history entry's ``data`` is encoded as it was when first
 saved: a payload object the caller mutates afterwards no longer rewrites history.)
@@ -52,27 +54,28 @@ def cache_for(machine: Any) -> SnapshotJSON:
 class _Prefix(Generic[T]):
     """The JSON of the first ``count`` items of one list, comma separated."""
 
-    __slots__ = ("_count", "_items", "_last", "_out", "_text")
+    __slots__ = ("_items", "_out", "_texts")
 
     def __init__(self, out: Callable[[T], dict[str, Any]]) -> None:
         self._out = out
-        self._items: list[T] | None = None
-        self._count = 0
-        self._last: T | None = None
-        self._text = ""
+        self._items: list[T] = []  # the items last encoded, kept alive
+        self._texts: list[str] = []  # their JSON
 
     def text(self, items: list[T], count: int) -> str:
-        done, text = self._count, self._text
-        if items is not self._items or count < done or (done and items[done - 1] is not self._last):
-            done, text = 0, ""
-        if count > done:
-            out = self._out
-            new = ",".join([_encode(out(item)) for item in items[done:count]])
-            text = f"{text},{new}" if done else new
+        cached = self._items
+        start = keep = 0
+        if count and cached:
+            first = items[0]
+            start = next((i for i, c in enumerate(cached) if c is first), len(cached))
+            limit = min(len(cached) - start, count)
+            while keep < limit and cached[start + keep] is items[keep]:
+                keep += 1
+        out = self._out
+        texts = self._texts[start : start + keep]
+        texts.extend([_encode(out(item)) for item in items[keep:count]])
         # assigned only once everything encoded: a failed encode leaves the cache as it was
-        self._items, self._count, self._text = items, count, text
-        self._last = items[count - 1] if count else None
-        return text
+        self._items, self._texts = items[:count], texts
+        return ",".join(texts)
 
 
 class SnapshotJSON:

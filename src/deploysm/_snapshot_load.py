@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ._codec import jsonable
+from ._history import totals_of
 from ._retry import is_finite_number
 from ._snapshot import (
     SCHEMA_VERSION,
@@ -16,15 +17,18 @@ from ._snapshot import (
     SerializableState,
     invalid,
 )
-from ._types import Event, State, StateMachineMetrics, StateMetrics
+from ._types import Event, State, StateMachineMetrics, StateMetrics, StateTotals
 
-__all__ = ["load"]
+__all__ = ["Reader", "load", "state_in"]
 
 _invalid = invalid
+
 MAX_INT = 2**63 - 1  # the stores keep the version in a signed 64-bit column
 
 
 class _Reader:
+    """One JSON object, read field by field; a bad field names its path."""
+
     __slots__ = ("data", "path")
 
     def __init__(self, data: Any, path: str) -> None:
@@ -94,7 +98,7 @@ class _Reader:
         return _Reader(self._get(key, False), f"{self.path}.{key}")
 
 
-def _state_in(r: _Reader) -> State[Any]:
+def state_in(r: _Reader) -> State[Any]:
     data = r.data.get("data", {})
     if not isinstance(data, Mapping):
         raise _invalid(f"{r.path}.data must be an object")
@@ -126,16 +130,34 @@ def _event_in(r: _Reader) -> Event[Any]:
     )
 
 
+def _per_state_in(m: _Reader) -> dict[str, StateTotals]:
+    per = m.sub("per_state")
+    out = {}
+    for name in per.data:
+        if not isinstance(name, str):
+            raise _invalid(f"{per.path} keys must be state names")
+        t = per.sub(name)
+        out[name] = StateTotals(
+            visits=t.integer("visits"),
+            duration_ms=t.number("duration_ms"),
+            attempts=t.integer("attempts"),
+            errors=t.integer("errors"),
+        )
+    return out
+
+
 def load(data: Any) -> SerializableState:
     r = _Reader(data, "snapshot")
     sv = r.integer("schema_version", minimum=0)
-    if sv != SCHEMA_VERSION:
-        raise _invalid(f"snapshot schema_version {sv} is not supported (expected {SCHEMA_VERSION})")
+    if sv not in (1, SCHEMA_VERSION):
+        raise _invalid(
+            f"snapshot schema_version {sv} is not supported (expected 1 or {SCHEMA_VERSION})"
+        )
     status: Any = r.text("status")
     if status not in STATUSES:
         raise _invalid(f"snapshot.status {status!r} is not one of {', '.join(STATUSES)}")
     history = [
-        _state_in(_Reader(h, f"snapshot.history[{i}]")) for i, h in enumerate(r.items("history"))
+        state_in(_Reader(h, f"snapshot.history[{i}]")) for i, h in enumerate(r.items("history"))
     ]
     m = r.sub("metrics")
     visits = []
@@ -165,6 +187,12 @@ def load(data: Any) -> SerializableState:
         total_rollbacks=m.integer("total_rollbacks", optional=True) or 0,
         total_compensations=m.integer("total_compensations", optional=True) or 0,
     )
+    if sv == 1:  # every visit is there: the totals follow from them
+        metrics.per_state = totals_of(visits)
+        metrics.started_at = visits[0].entered_at if visits else None
+    else:
+        metrics.started_at = m.time("started_at", optional=True)
+        metrics.per_state = _per_state_in(m)
     in_flight = None
     if r.data.get("in_flight") is not None:
         f = r.sub("in_flight")
@@ -202,7 +230,7 @@ def load(data: Any) -> SerializableState:
         raise _invalid("snapshot.context is missing")
     _json_safe(r.data["context"], "snapshot.context")
     _json_safe(r.data.get("last_error"), "snapshot.last_error")
-    current = _state_in(r.sub("current_state"))
+    current = state_in(r.sub("current_state"))
     if not visits or visits[-1].state != current.name:
         raise _invalid("snapshot.metrics.states must end with a visit of the current state")
     return SerializableState(
@@ -221,3 +249,6 @@ def load(data: Any) -> SerializableState:
         state_deadline=r.time("state_deadline", optional=True),
         schema_version=sv,
     )
+
+
+Reader = _Reader

@@ -290,6 +290,7 @@ def enter(
     errors: int,
     committed: CommittedEffect | None = None,
     *,
+    limit: int,
     settles: bool = True,
     left: bool = True,
 ) -> tuple[Head, StateMetrics]:
@@ -297,8 +298,9 @@ def enter(
     one), keep the old one in the history; the new value and the new visit.
     ``settles``: the transition in flight (and the last error) is done with; a move
     that is not a transition's commit (into the compensated state) keeps them.
-    ``left``: :func:`leave` closed the current visit already (else this does)."""
-    return advance(head, to, now, attempts, errors, committed, settles, not left)
+    ``left``: :func:`leave` closed the current visit already (else this does);
+    ``limit``: the definition's ``history_limit``."""
+    return advance(head, to, now, attempts, errors, committed, settles, not left, limit)
 
 
 leave = record_exit  # close the current visit (before :func:`enter`); the closed visit

@@ -16,6 +16,7 @@ __all__ = [
     "State",
     "StateMachineMetrics",
     "StateMetrics",
+    "StateTotals",
     "TransitionResult",
 ]
 
@@ -99,8 +100,27 @@ class StateMetrics:
 
 
 @dataclass(slots=True)
+class StateTotals:
+    """One state's totals over a machine's whole life (``StateMachineMetrics.per_state``).
+
+    ``visits``: times entered (the current visit included); ``duration_ms``: time spent
+    in its finished visits; ``attempts``/``errors``: summed over its visits."""
+
+    visits: int = 0
+    duration_ms: float = 0.0
+    attempts: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True)
 class StateMachineMetrics:
-    """Totals for one machine; ``states`` holds one entry per visit, in order."""
+    """Totals for one machine; ``states`` holds one entry per visit, in order.
+
+    ``states`` is the recent window: the current visit and at most the config's
+    ``history_limit`` visits before it (older ones drop off the front). The totals
+    (``total_transitions``, ...) and ``per_state`` (each state's :class:`StateTotals`)
+    cover the machine's whole life; ``started_at`` is when it entered its first state.
+    """
 
     states: list[StateMetrics] = field(default_factory=list)
     total_duration_ms: float = 0.0
@@ -114,6 +134,8 @@ class StateMachineMetrics:
     current_state: str | None = None
     total_rollbacks: int = 0
     total_compensations: int = 0
+    per_state: dict[str, StateTotals] = field(default_factory=dict)
+    started_at: datetime | None = None
 
 
 # Positional builders for the engine's hot path (every field, in declaration order);

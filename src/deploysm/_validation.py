@@ -16,6 +16,7 @@ from ._config import (
     transitions_of,
 )
 from ._effects import Effect
+from ._history import MAX_HISTORY_LIMIT
 from ._retry import MAX_DELAY_MS, is_finite_number
 
 __all__ = ["ValidationReport", "validate"]
@@ -118,6 +119,11 @@ def check_errors(cfg: StateMachineConfig[Any, Any, Any]) -> list[str]:
     lease = cfg.lease_ms
     if isinstance(lease, bool) or not isinstance(lease, int) or lease < 30:
         errors.append(f"lease_ms must be an int of at least 30 (milliseconds), got {lease!r}")
+    limit = cfg.history_limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_HISTORY_LIMIT:
+        errors.append(
+            f"history_limit must be an int from 0 to {MAX_HISTORY_LIMIT:,}, got {limit!r}"
+        )
     return errors
 
 

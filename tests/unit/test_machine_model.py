@@ -195,7 +195,13 @@ def build_config(spec: Spec, tape: Tape, clock: VirtualClock) -> StateMachineCon
         final_states=[] if spec.no_finals else None,
         clock=clock,
         random=random.Random(0),
+        history_limit=history_limit(spec),
     )
+
+
+def history_limit(spec: Spec) -> int:
+    """Small (2 to 4), so that long runs keep only their recent states."""
+    return len(spec.states)
 
 
 @dataclass
@@ -306,11 +312,13 @@ async def run_sequence(spec: Spec, outcomes: list[bool], events: list[str]) -> N
         history = m.get_history()
         current = m.get_state()
         assert current.name == model.state
-        assert len(history) == model.successes
+        # the machine keeps the last ``history_limit`` states left, and their visits
+        assert len(history) == min(model.successes, history_limit(spec))
         assert m.version == model.successes  # no persistence: one version per commit
         metrics = m.get_metrics()
         assert len(metrics.states) == len(history) + 1
         assert [v.state for v in metrics.states] == [h.name for h in history] + [current.name]
+        assert sum(t.visits for t in metrics.per_state.values()) == model.successes + 1
         assert metrics.total_transitions == model.successes
         assert metrics.total_attempts == model.total_attempts
         assert metrics.current_state == current.name

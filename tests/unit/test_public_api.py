@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 
 import deploysm
+import deploysm.stores
 import deploysm.testing
 
 SPEC_NAMES = {
@@ -83,3 +84,12 @@ def test_guard_type_is_public() -> None:
     """Guards are ``guard(context, event)``; their type is exported for annotations."""
     assert "Guard" in deploysm.__all__
     assert deploysm.Transition.__dataclass_fields__["guard"].type == "Guard | None"
+
+
+def test_bounded_history_names_are_public() -> None:
+    """``StateMachineMetrics.per_state`` holds ``StateTotals``; ``full_history`` reads
+    the whole history a machine no longer keeps."""
+    assert "StateTotals" in deploysm.__all__
+    assert deploysm.StateMachineMetrics.__dataclass_fields__["per_state"].default_factory is dict
+    assert "full_history" in deploysm.stores.__all__
+    assert deploysm.stores.full_history.__doc__

@@ -218,7 +218,7 @@ BAD: dict[str, Callable[[dict[str, Any]], Any]] = {
     "no-history": _drop("history"),
     "no-version": _drop("version"),
     "no-schema-version": _drop("schema_version"),
-    "schema-version-2": _set("schema_version", 2),
+    "schema-version-3": _set("schema_version", 3),
     "schema-version-0": _set("schema_version", 0),
     "unknown-current-state": _set("current_state.name", "ghost"),
     "unknown-history-state": _set("history.0.name", "ghost"),
@@ -271,7 +271,7 @@ async def test_bad_snapshot_is_rejected_and_changes_nothing(make_config: Any, ca
 
 @pytest.mark.parametrize(
     "case",
-    ["empty-object", "no-context", "schema-version-2", "bool-counter", "version-2-to-the-63"],
+    ["empty-object", "no-context", "schema-version-3", "bool-counter", "version-2-to-the-63"],
 )
 async def test_from_dict_rejects_bad_snapshots_with_a_typed_error(
     make_config: Any, case: str

@@ -1,5 +1,6 @@
-"""Snapshot format v1 is frozen: the fixtures written by this version must load, round
-trip byte for byte (as JSON values), and resume. A format change needs a migration."""
+"""Snapshot formats are frozen: the v1 fixtures written by the previous release must
+load, resume, and save as v2 with nothing lost (v2 only adds fields: ``per_state`` and
+``started_at`` in ``metrics``, both derived from v1's full list of visits)."""
 
 from __future__ import annotations
 
@@ -40,14 +41,33 @@ def _fixture(name: str) -> dict[str, Any]:
     return data
 
 
+def _as_v1(v2: dict[str, Any]) -> dict[str, Any]:
+    """A v2 document without what v2 added."""
+    out = json.loads(json.dumps(v2))
+    assert out["schema_version"] == 2
+    out["schema_version"] = 1
+    assert set(out["metrics"]) - set(_fixture("snapshot_v1.json")["metrics"]) == {
+        "per_state",
+        "started_at",
+    }
+    del out["metrics"]["per_state"], out["metrics"]["started_at"]
+    return out
+
+
 @pytest.mark.parametrize("name", ["snapshot_v1.json", "snapshot_v1_in_flight.json"])
 def test_v1_fixture_loads_and_round_trips(name: str) -> None:
     data = _fixture(name)
     assert set(data) == V1_KEYS
     assert data["schema_version"] == 1
     snap = SerializableState.from_dict(data)
-    assert snap.to_dict() == data
-    assert json.loads(snap.to_json()) == data
+    v2 = snap.to_dict()
+    assert _as_v1(v2) == data
+    assert json.loads(snap.to_json()) == v2
+    assert SerializableState.from_dict(v2).to_dict() == v2
+    visits = data["metrics"]["states"]
+    assert v2["metrics"]["started_at"] == visits[0]["entered_at"]
+    assert set(v2["metrics"]["per_state"]) == {v["state"] for v in visits}
+    assert sum(t["visits"] for t in v2["metrics"]["per_state"].values()) == len(visits)
 
 
 async def test_v1_fixture_rehydrates_into_the_definition_that_wrote_it() -> None:
@@ -58,7 +78,7 @@ async def test_v1_fixture_rehydrates_into_the_definition_that_wrote_it() -> None
     assert [s.name for s in sm.get_history()] == ["idle", "validating"]
     assert sm.get_state().data["event"] == "VALIDATED"
     assert sm.get_history()[1].data["payload"] == {"requested_by": "alice"}
-    assert (await sm.serialize()).to_dict() == _fixture("snapshot_v1.json")
+    assert _as_v1((await sm.serialize()).to_dict()) == _fixture("snapshot_v1.json")
 
 
 async def test_v1_in_flight_fixture_resumes_with_its_idempotency_key() -> None:
@@ -79,7 +99,8 @@ async def test_v1_in_flight_fixture_resumes_with_its_idempotency_key() -> None:
 @pytest.mark.parametrize(
     ("change", "where"),
     [
-        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(schema_version=3), "schema_version"),
+        (lambda d: d.update(schema_version=2), "per_state"),
         (lambda d: d.update(fingerprint="0" * 32), "changed"),
         (lambda d: d.update(definition_id="other"), "definition"),
         (lambda d: d.pop("metrics"), "metrics"),

@@ -29,12 +29,13 @@ from deploysm import (
     StateMachineError,
     StateMachineMetrics,
     StateMetrics,
+    StateTotals,
     Transition,
     create_state_machine,
     effect,
 )
-from deploysm._snapshot import CommittedEffect, InFlight
-from deploysm._snapshot_json import SnapshotJSON
+from deploysm._snapshot import CommittedEffect, InFlight, state_out
+from deploysm._snapshot_json import SnapshotJSON, _Prefix
 from deploysm.stores import EncryptedCodec, JSONCodec, MemoryStore
 from deploysm.stores._base import encode_snapshot
 from deploysm.testing import VirtualClock
@@ -106,12 +107,29 @@ committed = st.lists(
 )
 
 
+totals = st.dictionaries(
+    names,
+    st.builds(
+        StateTotals, st.integers(0, 99), st.floats(0, 1e9), st.integers(0, 99), st.integers(0, 9)
+    ),
+    max_size=3,
+)
+
+
+def fresh_metrics(draw: st.DrawFn) -> StateMachineMetrics:
+    return StateMachineMetrics(
+        states=draw(st.lists(visits, max_size=4)),
+        per_state=draw(totals),
+        started_at=draw(st.none() | times),
+    )
+
+
 def fresh_snapshot(draw: st.DrawFn) -> SerializableState:
     return SerializableState(
         current_state=draw(states),
         context=draw(json_values),
         history=draw(st.lists(states, max_size=4)),
-        metrics=StateMachineMetrics(states=draw(st.lists(visits, max_size=4))),
+        metrics=fresh_metrics(draw),
         version=draw(st.integers(0, 10**9)),
         machine_id=draw(texts),
         definition_id="d",
@@ -123,7 +141,19 @@ def change(draw: st.DrawFn, s: SerializableState) -> None:
     """One change of the kinds a running machine makes between two saves."""
     op = draw(
         st.sampled_from(
-            ["append", "append", "visit", "last_visit", "head", "tail", "replace", "replace_visits"]
+            [
+                "append",
+                "append",
+                "visit",
+                "last_visit",
+                "head",
+                "tail",
+                "replace",
+                "replace_visits",
+                "trim",
+                "push",
+                "push",
+            ]
         )
     )
     if op == "append":  # a commit: history grows, the finished visit is closed, a new one starts
@@ -151,7 +181,39 @@ def change(draw: st.DrawFn, s: SerializableState) -> None:
     elif op == "replace":  # rehydrate/resume: a new list, possibly shorter or equal in length
         s.history = draw(st.lists(states, max_size=4))
     elif op == "replace_visits":
-        s.metrics = StateMachineMetrics(states=draw(st.lists(visits, max_size=4)))
+        s.metrics = fresh_metrics(draw)
+    elif op == "trim":  # old entries drop off the front
+        del s.history[: draw(st.integers(0, len(s.history)))]
+        del s.metrics.states[: draw(st.integers(0, len(s.metrics.states)))]
+    elif op == "push":  # a commit under history_limit: append, keep the last ``limit``
+        limit = draw(st.integers(0, 4))
+        s.history.append(draw(states))
+        del s.history[: max(len(s.history) - limit, 0)]
+        s.metrics.states.append(draw(visits))
+        del s.metrics.states[: max(len(s.metrics.states) - limit - 1, 0)]
+        name = draw(names)
+        s.metrics.per_state.setdefault(name, StateTotals()).visits += 1
+
+
+def test_entries_left_after_old_ones_drop_off_are_not_encoded_again() -> None:
+    t = datetime(2025, 1, 1, tzinfo=UTC)
+    encoded: list[int] = []
+
+    def out(s: State[Any]) -> dict[str, Any]:
+        encoded.append(s.version)
+        return state_out(s)
+
+    window = _Prefix(out)
+    history: list[State[Any]] = []
+    for version in range(1, 50):
+        history.append(State("a", {"v": version}, t, version))
+        del history[: max(len(history) - 5, 0)]
+        assert window.text(history, len(history)) == ",".join(
+            json.dumps(state_out(s), separators=(",", ":")) for s in history
+        )
+    assert encoded == list(range(1, 50))  # each entry once, though the front moved
+    history = list(history)  # a new list with the same entries (a rehydrate would differ)
+    assert window.text(history[1:], 4) and encoded == list(range(1, 50))
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from deploysm import Event, InFlight, State
 from deploysm import effect as deploysm_effect
-from deploysm._head import Head, copy_metrics, initial_head
+from deploysm._head import Head, initial_head
+from deploysm._history import copy_metrics
 from deploysm._snapshot import CommittedEffect
 from deploysm._step import (
     Commit,
@@ -149,7 +150,7 @@ def test_commit_keeps_the_old_state_in_the_history_and_settles_the_flight() -> N
     h = h._replace(last_error={"message": "x"})
     leave(h, T0 + timedelta(seconds=1))
     record = CommittedEffect("b", "a", "go", 0, "k", 1)
-    nxt, visit = enter(h, State("b", {}, T0, h.version + 1), T0, 1, 0, record)
+    nxt, visit = enter(h, State("b", {}, T0, h.version + 1), T0, 1, 0, record, limit=10)
     assert [s.name for s in nxt.history] == ["a"]
     assert nxt.state.name == "b" and nxt.version == 1
     assert nxt.in_flight is None and nxt.last_error is None
@@ -199,7 +200,7 @@ def simulate(
     attempt = 1
     for outcome in seq:
         if outcome[0] == "ok":
-            nxt, _ = enter(h, State("b", {}, T0, h.version + 1), T0, attempt, 0)
+            nxt, _ = enter(h, State("b", {}, T0, h.version + 1), T0, attempt, 0, limit=10)
             versions.append(nxt.version)
             commands.append(Commit())
             return commands, versions
@@ -271,8 +272,8 @@ def test_a_non_idempotent_effect_never_runs_twice_without_a_rollback_between(
 def test_copy_metrics_copies_every_field_of_every_visit() -> None:
     h = initial_head("a", None, T0)
     leave(h, T0 + timedelta(seconds=1))
-    h, _ = enter(h, State("b", {}, T0, 1), T0 + timedelta(seconds=1), 2, 1)
-    copy = copy_metrics(h.metrics)
+    h, _ = enter(h, State("b", {}, T0, 1), T0 + timedelta(seconds=1), 2, 1, limit=10)
+    copy = copy_metrics(h.metrics, 0.0)
     assert copy == h.metrics
     for mine, theirs in zip(copy.states, h.metrics.states, strict=True):
         assert mine is not theirs

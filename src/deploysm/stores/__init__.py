@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import Codec, JournalEntry, JournalRecord, JSONCodec, MachineInfo, Store
 from ._crypto import EncryptedCodec
+from ._history import full_history
 from ._memory import MemoryStore
 from ._open import open_store
 from ._sqlite import SQLiteStore
@@ -23,6 +24,7 @@ __all__ = [
     "PostgresStore",
     "SQLiteStore",
     "Store",
+    "full_history",
     "open_store",
 ]
 
