@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _step as step
-from ._commit import commit
+from ._commit import commit, commit_now
 from ._definition import CompiledTransition
 from ._effects import call_maybe_async
 from ._errors import ErrorCode, StateMachineError, TransitionError
@@ -76,6 +76,9 @@ async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> Tran
             return await _refuse(m, refused)
     eff = chosen.effect
     if eff is None:
+        done = commit_now(m, chosen, ev, None, 0, 0, None)
+        if done is not None:
+            return done
         return await commit(m, chosen, ev, None, 0, 0, None)
     return await run_transition(m, chosen, ev, eff)
 

@@ -25,7 +25,7 @@ from ._types import (
 if TYPE_CHECKING:
     from ._engine import StateMachine
 
-__all__ = ["commit"]
+__all__ = ["commit", "commit_now"]
 
 
 async def commit(
@@ -48,25 +48,8 @@ async def commit(
         visit = step.leave(m._head, now)
         if d.hooks.on_metric is not None:
             await d.observer.call("on_metric", d.hooks.on_metric, dataclasses.replace(visit))
-    data: dict[str, Any] = {"event": ev.type}
-    if ev.payload is not None:
-        data["payload"] = ev.payload
-    if result is not None and (result.message is not None or result.metadata is not None):
-        if result.message is not None:
-            data["message"] = result.message
-        if result.metadata is not None:
-            data["metadata"] = dict(result.metadata)
-    head = m._head
-    version = head.version + 1
-    b: State[Any] = make_state(ct.to, data, now, version, attempts, key)
-    record = None
-    if key is not None and ct.compensable:
-        record = CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version)
-    prior_error = head.last_error
-    head, new_visit = advance(
-        head, b, now, attempts, errors, record, True, not hooked, d.history_limit
-    )
-    m._put(head)
+    b, new_visit, prior_error = _enter(m, ct, ev, result, attempts, errors, key, now, hooked)
+    version = b.version
     if hooked:
         await _enter_hooks(m, a, b, ev, new_visit)
     obs = d.observer
@@ -91,6 +74,66 @@ async def commit(
         if error is not None:  # the machine is back to what its store holds
             return make_result(False, m._state, error, result)
     return make_result(True, b, None, result)
+
+
+def commit_now(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    ev: Event[Any],
+    result: EffectResult | None,
+    attempts: int,
+    errors: int,
+    key: str | None,
+) -> TransitionResult[Any] | None:
+    """:func:`commit` without a coroutine, for a machine with nothing to await on the
+    way (no hooks, no store or persistence, no state timeout, a target that is not
+    final, no info log): the same steps; ``None`` when :func:`commit` must run."""
+    d = m._def
+    if (
+        d.commit_hooks
+        or m._store is not None
+        or d.persist_state is not None
+        or d.state_timeout_s is not None
+        or ct.to in d.finals
+        or d.observer.enabled("info")
+    ):
+        return None
+    b = _enter(m, ct, ev, result, attempts, errors, key, d.clock.now(), False)[0]
+    return make_result(True, b, None, result)
+
+
+def _enter(
+    m: StateMachine[Any, Any, Any],
+    ct: CompiledTransition,
+    ev: Event[Any],
+    result: EffectResult | None,
+    attempts: int,
+    errors: int,
+    key: str | None,
+    now: Any,
+    left: bool,
+) -> tuple[State[Any], StateMetrics, dict[str, Any] | None]:
+    """Put the value after entering ``ct.to``: the new state, its visit, and the last
+    error the machine had (``left``: the current visit is closed already)."""
+    data: dict[str, Any] = {"event": ev.type}
+    if ev.payload is not None:
+        data["payload"] = ev.payload
+    if result is not None and (result.message is not None or result.metadata is not None):
+        if result.message is not None:
+            data["message"] = result.message
+        if result.metadata is not None:
+            data["metadata"] = dict(result.metadata)
+    head = m._head
+    version = head.version + 1
+    b: State[Any] = make_state(ct.to, data, now, version, attempts, key)
+    record = None
+    if key is not None and ct.compensable:
+        record = CommittedEffect(ct.to, ct.source, ev.type, ct.index, key, version)
+    prior_error = head.last_error
+    limit = m._def.history_limit
+    head, visit = advance(head, b, now, attempts, errors, record, True, not left, limit)
+    m._put(head)
+    return b, visit, prior_error
 
 
 async def _exit_hooks(m: StateMachine[Any, Any, Any], a: State[Any]) -> None:

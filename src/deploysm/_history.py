@@ -96,7 +96,10 @@ def exit_visit(metrics: StateMachineMetrics, now: datetime) -> StateMetrics:
     visit = metrics.states[-1]
     visit.exited_at = now
     duration = visit.duration_ms = (now - visit.entered_at).total_seconds() * 1000.0
-    _totals(metrics, visit.state).duration_ms += duration
+    totals = metrics.per_state.get(visit.state)  # _totals, inlined: once per transition
+    if totals is None:
+        totals = _totals(metrics, visit.state)
+    totals.duration_ms += duration
     return visit
 
 
@@ -114,7 +117,9 @@ def enter_visit(
     visits.append(visit)
     if len(visits) > limit + 1:
         del visits[: len(visits) - limit - 1]
-    totals = _totals(metrics, name)
+    totals = metrics.per_state.get(name)  # _totals, inlined: once per transition
+    if totals is None:
+        totals = _totals(metrics, name)
     totals.visits += 1
     totals.attempts += attempts
     totals.errors += errors

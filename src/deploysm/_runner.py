@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _step as step
 from ._attempt import decide_retry, final_error, one_attempt
-from ._commit import commit
+from ._commit import commit, commit_now
 from ._definition import CompiledTransition
 from ._effects import Effect, call_maybe_async
 from ._errors import (
@@ -84,7 +84,7 @@ def run_transition(
     head = m._head
     # the version makes the key unique within its machine even when a restarted process
     # replays a seeded random source; the random bits make it unique across machines
-    key = f"{m.machine_id}:{head.version}:{d.random.getrandbits(64):016x}"
+    key = f"{m._machine_id}:{head.version}:{d.random.getrandbits(64):016x}"
     m._put(step.begin(head, InFlight(head.state.name, ct.to, ev, ct.index, 1, key, d.clock.now())))
     if m._store is not None or d.persist_state is not None:
         return _intent_then_drive(m, ct, ev, eff, key)
@@ -165,6 +165,9 @@ async def drive(
     if result is None:
         flight = m._head.in_flight
         key = flight.idempotency_key if flight is not None else None
+        done = commit_now(m, ct, ev, run.last_result, run.attempt, run.errors, key)
+        if done is not None:
+            return done
         return await commit(m, ct, ev, run.last_result, run.attempt, run.errors, key)
     return await fail(m, ct, run, result)
 
