@@ -6,12 +6,11 @@ Implementation modules are private; this package's ``__all__`` is the public API
 import logging as _logging
 from contextlib import suppress as _suppress
 
-from ._clock import Clock, SystemClock, now, sleep
-from ._config import Guard, Hooks, StateMachineConfig, TimeoutConfig, Transition
-from ._diagram import to_dot, to_mermaid
-from ._effects import Effect, EffectBuilder, effect
-from ._engine import StateMachine, create_state_machine
-from ._errors import (
+from .core._clock import Clock, SystemClock, now, sleep
+from .core._config import Guard, Hooks, StateMachineConfig, TimeoutConfig, Transition
+from .core._diagram import to_dot, to_mermaid
+from .core._effects import Effect, EffectBuilder, effect
+from .core._errors import (
     EffectError,
     ErrorCode,
     RetryExhaustedError,
@@ -19,10 +18,8 @@ from ._errors import (
     TimeoutError,
     TransitionError,
 )
-from ._retry import RetryPolicy, default_retry_policy
-from ._saga import CompensationResult
-from ._snapshot import CommittedEffect, InFlight, SerializableState
-from ._types import (
+from .core._retry import RetryPolicy, default_retry_policy
+from .core._types import (
     EffectResult,
     Event,
     State,
@@ -31,8 +28,11 @@ from ._types import (
     StateTotals,
     TransitionResult,
 )
-from ._validation import ValidationReport, validate
-from ._worker import Worker
+from .core._validation import ValidationReport, validate
+from .durable._snapshot import CommittedEffect, InFlight, SerializableState
+from .engine._engine import StateMachine, create_state_machine
+from .engine._saga import CompensationResult
+from .runtime._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -82,7 +82,7 @@ __all__ = [
 
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("deploysm._"):
+    if "._" in getattr(_obj, "__module__", ""):  # defined in a private module
         with _suppress(AttributeError, TypeError):
             _obj.__module__ = "deploysm"
 del _name, _obj, _suppress

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import deploysm
 from deploysm import ErrorCode, StateMachineError
-from deploysm._cli import main
+from deploysm.cli._main import main
 from deploysm.stores import SQLiteStore
 from deploysm.testing import VirtualClock
 

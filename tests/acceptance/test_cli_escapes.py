@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import deploysm
-from deploysm._cli import main
+from deploysm.cli._main import main
 from deploysm.stores import JournalRecord, SQLiteStore
 from deploysm.testing import VirtualClock
 

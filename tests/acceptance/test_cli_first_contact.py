@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploysm._cli import build_parser
+from deploysm.cli._main import build_parser
 from deploysm.stores._postgres_sql import migrations as postgres_migrations
 from deploysm.stores._sqlite_writer import migrations as sqlite_migrations
 

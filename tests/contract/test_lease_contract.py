@@ -18,7 +18,7 @@ import pytest
 from test_runtime_contract import claim_one, rec
 
 from deploysm import ErrorCode, Event, SerializableState, StateMachineError
-from deploysm._snapshot import InFlight
+from deploysm.durable._snapshot import InFlight
 from deploysm.stores._runtime import Lease, LeaseHeld
 
 MakeSnapshot = Callable[..., Awaitable[SerializableState]]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from deploysm import ErrorCode, Event, SerializableState, StateMachineError
-from deploysm._snapshot import InFlight
+from deploysm.durable._snapshot import InFlight
 from deploysm.stores import JournalRecord
 from deploysm.stores._runtime import RuntimeStore
 

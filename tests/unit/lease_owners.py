@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploysm._lease import new_owner
+from deploysm.engine._lease import new_owner
 
 __all__ = ["dead_owner"]
 

@@ -23,8 +23,8 @@ from deploysm import (
     create_state_machine,
     effect,
 )
-from deploysm._effects import Effect
-from deploysm._retry import MAX_ATTEMPTS, MAX_DELAY_MS
+from deploysm.core._effects import Effect
+from deploysm.core._retry import MAX_ATTEMPTS, MAX_DELAY_MS
 
 
 def ok(ctx: Any, state: Any) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploysm import StateMachineError
-from deploysm._errors import ErrorCode
+from deploysm.core._errors import ErrorCode
 from deploysm.stores._base import Codec
 from deploysm.stores._crypto import EncryptedCodec
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deploysm._demo_time import ScaledClock, Timeline, mmss, pauses
+from deploysm.cli._demo_time import ScaledClock, Timeline, mmss, pauses
 from deploysm.stores import JournalEntry
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Mermaid and Graphviz DOT export of workflow definitions (deploysm._diagram)."""
+"""Mermaid and Graphviz DOT export of workflow definitions (deploysm.core._diagram)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploysm._config import StateMachineConfig, Transition, coerce_config
-from deploysm._diagram import to_dot, to_mermaid
-from deploysm._effects import effect
-from deploysm._errors import StateMachineError
+from deploysm.core._config import StateMachineConfig, Transition, coerce_config
+from deploysm.core._diagram import to_dot, to_mermaid
+from deploysm.core._effects import effect
+from deploysm.core._errors import StateMachineError
 
 STATES = [
     "idle",

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deploysm import ErrorCode, StateMachineError
-from deploysm._duration import MAX_DURATION, describe_duration, parse_duration
+from deploysm.core._duration import MAX_DURATION, describe_duration, parse_duration
 
 UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
 UNITS["s"] = timedelta(seconds=1)

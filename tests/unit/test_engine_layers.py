@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import deploysm
-from deploysm._head import Head
+from deploysm.core._head import Head
 from deploysm.examples.simple import simple_config
 
 PKG = Path(deploysm.__file__).parent

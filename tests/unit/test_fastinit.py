@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from deploysm import Event, State, TransitionResult
-from deploysm._fastinit import maker
-from deploysm._types import make_event, make_result, make_state
+from deploysm.core._fastinit import maker
+from deploysm.core._types import make_event, make_result, make_state
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

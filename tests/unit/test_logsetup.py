@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploysm._logsetup import log_to_stderr
+from deploysm.runtime._logsetup import log_to_stderr
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from lease_owners import dead_owner
 
 from deploysm import ErrorCode, StateMachineError, create_state_machine, effect
-from deploysm._lease import new_owner
+from deploysm.engine._lease import new_owner
 from deploysm.stores import MemoryStore
 from deploysm.testing import VirtualClock
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from deploysm._mutex import FifoLock
+from deploysm.engine._mutex import FifoLock
 
 
 async def test_uncontended_acquire_is_immediate_and_release_frees() -> None:

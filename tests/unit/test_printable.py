@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from deploysm._printable import json_text, printable
+from deploysm.core._printable import json_text, printable
 
 ANY_TEXT = st.text(st.characters(), max_size=40)  # surrogates, controls, all planes
 json_values = st.recursive(

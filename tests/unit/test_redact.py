@@ -1,4 +1,4 @@
-"""Tests for deploysm._redact: secret keys, text patterns, deep copies, properties."""
+"""Tests for deploysm.core._redact: secret keys, text patterns, deep copies, properties."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploysm._redact import DEFAULT_REDACTOR, DEFAULT_SECRET_KEYS, REDACTED, Redactor
+from deploysm.core._redact import DEFAULT_REDACTOR, DEFAULT_SECRET_KEYS, REDACTED, Redactor
 
 R = DEFAULT_REDACTOR
 

@@ -34,8 +34,8 @@ from deploysm import (
     create_state_machine,
     effect,
 )
-from deploysm._snapshot import CommittedEffect, InFlight, state_out
-from deploysm._snapshot_json import SnapshotJSON, _Prefix
+from deploysm.durable._json import SnapshotJSON, _Prefix
+from deploysm.durable._snapshot import CommittedEffect, InFlight, state_out
 from deploysm.stores import EncryptedCodec, JSONCodec, MemoryStore
 from deploysm.stores._base import encode_snapshot
 from deploysm.testing import VirtualClock

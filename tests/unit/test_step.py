@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 
 from deploysm import Event, InFlight, State
 from deploysm import effect as deploysm_effect
-from deploysm._head import Head, initial_head
-from deploysm._history import copy_metrics
-from deploysm._snapshot import CommittedEffect
-from deploysm._step import (
+from deploysm.core._head import Head, initial_head
+from deploysm.core._history import copy_metrics
+from deploysm.core._step import (
     Commit,
     Fail,
     Failed,
@@ -45,7 +44,8 @@ from deploysm._step import (
     to_compensate,
     uncommitted,
 )
-from deploysm._types import StateMetrics
+from deploysm.core._types import StateMetrics
+from deploysm.durable._snapshot import CommittedEffect
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOT_DONE = object()
@@ -284,7 +284,7 @@ def test_copy_metrics_copies_every_field_of_every_visit() -> None:
 
 
 def test_route_finds_the_candidates_or_says_why_not() -> None:
-    from deploysm._definition import compile_config
+    from deploysm.core._definition import compile_config
     from deploysm.examples.simple import simple_config
 
     d = compile_config(simple_config())

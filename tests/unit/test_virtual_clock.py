@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploysm.testing
-from deploysm import _clock
+from deploysm.core import _clock
 from deploysm.testing import VirtualClock
 
 START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_worker import Probe, kinds, start, tick, tick_payloads, worker_for
 
 from deploysm import ErrorCode, StateMachineError, Worker
-from deploysm._backoff import Backoff, unfixable
+from deploysm.runtime._backoff import Backoff, unfixable
 from deploysm.stores import MemoryStore
 from deploysm.stores._sqlite_writer import store_error
 

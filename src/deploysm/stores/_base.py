@@ -9,8 +9,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 
 __all__ = [
     "AsyncOpenClose",

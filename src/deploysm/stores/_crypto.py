@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ErrorCode, StateMachineError
+from ..core._errors import ErrorCode, StateMachineError
 from ._base import TEXT_CODECS, JSONCodec
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot_load import Reader, state_in
-from .._types import State
+from ..core._errors import ErrorCode, StateMachineError
+from ..core._types import State
+from ..durable._load import Reader, state_in
 from ._base import Store
 
 __all__ = ["full_history"]

@@ -7,9 +7,9 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .._clock import Clock
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._clock import Clock
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 from . import _parking as parking
 from ._base import (
     AsyncOpenClose,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._errors import StateMachineError
+from ..core._errors import StateMachineError
 from ._base import Codec, Store
 
 __all__ = ["migrate_store", "open_store", "sqlite_path"]

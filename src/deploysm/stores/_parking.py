@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 
 __all__ = [
     "PARKED",

@@ -27,8 +27,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 from ._base import (
     AsyncOpenClose,
     Codec,

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, LiteralString
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 from . import _parking as parking
 from ._base import Codec, conflict, error_text
 from ._parking import (

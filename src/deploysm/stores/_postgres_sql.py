@@ -27,8 +27,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from .._errors import ErrorCode, StateMachineError
-from .._redact import REDACTED
+from ..core._errors import ErrorCode, StateMachineError
+from ..core._redact import REDACTED
 from ._base import JournalRecord, conflict
 from ._runtime import Lease, LeaseHeld, lease_lost
 

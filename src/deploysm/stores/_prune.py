@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .._errors import ErrorCode, StateMachineError
+from ..core._errors import ErrorCode, StateMachineError
 
 __all__ = ["FINISHED", "PruneCounts", "check_age", "cutoff", "prune_sqlite"]
 

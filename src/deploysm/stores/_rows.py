@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from .._errors import ErrorCode, StateMachineError
+from ..core._errors import ErrorCode, StateMachineError
 from ._base import JournalEntry, MachineInfo
 
 __all__ = ["corrupt_row", "journal_entry", "machine_info"]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from .._codec import jsonable
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
-from .._types import Event
+from ..core._errors import ErrorCode, StateMachineError
+from ..core._types import Event
+from ..durable._codec import jsonable
+from ..durable._snapshot import SerializableState
 from ._base import Store
 
 __all__ = [
@@ -168,7 +168,7 @@ class RuntimeStore(Store, Protocol):
 
 def event_fields(event: Any, event_id: str | None) -> tuple[str, dict[str, Any]]:
     """An event id and the event's JSON fields (type, payload, correlation_id)."""
-    from .._codec import jsonable
+    from ..durable._codec import jsonable
 
     if isinstance(event, str):
         fields: dict[str, Any] = {"type": event}

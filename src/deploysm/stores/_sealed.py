@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import ErrorCode, StateMachineError
+from ..core._errors import ErrorCode, StateMachineError
 from ._base import TEXT_CODECS, Codec, JSONCodec
 
 __all__ = [

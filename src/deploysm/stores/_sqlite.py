@@ -37,8 +37,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._errors import ErrorCode, StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import ErrorCode, StateMachineError
+from ..durable._snapshot import SerializableState
 from ._base import (
     AsyncOpenClose,
     Codec,

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .._errors import StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import StateMachineError
+from ..durable._snapshot import SerializableState
 from ._parking import parked_error
 from ._runtime import Claim
 from ._sqlite_parking import ErrorColumn, park_unreadable

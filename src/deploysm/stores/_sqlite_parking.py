@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import StateMachineError
-from .._snapshot import SerializableState
+from ..core._errors import StateMachineError
+from ..durable._snapshot import SerializableState
 from . import _parking as parking
 from ._base import error_text
 from ._parking import PARKED, UNPARKED, UNREADABLE, check_snapshot, check_unpark, log_parked, reason

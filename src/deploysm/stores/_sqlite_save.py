@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from .._errors import StateMachineError
+from ..core._errors import StateMachineError
 from ._base import conflict
 from ._runtime import Lease, LeaseHeld, lease_lost
 from ._sqlite_claims import now_us

@@ -35,7 +35,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
-from .._errors import ErrorCode, StateMachineError
+from ..core._errors import ErrorCode, StateMachineError
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
