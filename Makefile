@@ -25,9 +25,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(RUN_STAMP)
 	$(BIN)/deploysm demo $(ARGS)
 
+# ruff, and the architecture: layers only import the layers below them, no import
+# cycles anywhere (.importlinter).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

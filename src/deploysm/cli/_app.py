@@ -11,8 +11,8 @@ from typing import Any
 from ..core._definition import Definition, compile_config
 from ..core._errors import ErrorCode, StateMachineError
 from ..stores import Store
+from ._base import CliError, one_line
 from ._db import quiet_logs
-from ._main import CliError, _one_line
 
 __all__ = ["add_app_arg", "check_event", "check_workflow"]
 
@@ -42,7 +42,7 @@ def check_workflow(app: Mapping[str, Any], target: str, workflow: str) -> Defini
     except StateMachineError as e:
         raise CliError(f"--app {target}: workflow {workflow!r}: {e}", code=e.code) from None
     except Exception as e:
-        raise CliError(f"--app {target}: workflow {workflow!r}: {_one_line(e)}") from None
+        raise CliError(f"--app {target}: workflow {workflow!r}: {one_line(e)}") from None
 
 
 async def check_event(

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..core._errors import ErrorCode, StateMachineError
 from ..stores import SQLiteStore, Store, open_store
+from ._base import CliError
 from ._keys import KEYS_ENV, codec_from
-from ._main import CliError
 
 __all__ = ["migrate_hint", "quiet_logs", "where", "with_store"]
 

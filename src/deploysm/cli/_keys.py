@@ -12,7 +12,7 @@ import argparse
 import os
 
 from ..stores import Codec
-from ._main import CliError
+from ._base import CliError
 
 __all__ = ["KEYS_ENV", "KEYS_HELP", "add_keys_arg", "codec_from"]
 

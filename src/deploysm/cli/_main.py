@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import inspect
-import os
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import __version__
@@ -27,101 +23,10 @@ from ..core._config import StateMachineConfig, coerce_config
 from ..core._errors import ErrorCode, StateMachineError
 from ..core._printable import printable
 from ..core._validation import ValidationReport, validate
+from . import _park, _runtime, _store  # noqa: F401  (register their subcommands)
+from ._base import COMMANDS, EXAMPLE_TARGET, CliError, command, load_config, one_line, say
 
-__all__ = ["CliError", "main", "say"]
-
-EXAMPLE_TARGET = "deploysm.examples.blue_green:blue_green_config"
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one coded line, no traceback."""
-
-    def __init__(self, message: str, exit_code: int = 2, code: str = ErrorCode.USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(
-    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
-) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Register ``run`` as the subcommand ``name``; ``configure`` adds its arguments."""
-
-    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = Command(name, help, configure, run)
-        return run
-
-    return register
-
-
-# -- TARGET: module:attribute naming a config, a mapping or a factory of one
-
-
-def load_config(target: str) -> StateMachineConfig[Any, Any, Any] | Mapping[str, Any]:
-    """Import ``module:attr`` (``attr`` may be dotted) and return the config it names."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise CliError(f"TARGET must look like module:attribute, e.g. {EXAMPLE_TARGET}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules next to you load
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
-            raise CliError(
-                f"module {module_name!r} not found; check the name, and run from its "
-                "directory or install it"
-            ) from e
-        raise CliError(f"importing {module_name!r} failed: {_one_line(e)}") from e
-    except Exception as e:
-        raise CliError(f"importing {module_name!r} failed: {_one_line(e)}") from e
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CliError(
-                f"{module_name!r} has no attribute {attr!r}; name a StateMachineConfig, a "
-                "mapping, or a zero-argument factory returning one"
-            ) from None
-    if not isinstance(obj, StateMachineConfig | Mapping) and callable(obj):
-        try:
-            obj = obj()
-        except Exception as e:
-            raise CliError(f"calling {target}() failed: {_one_line(e)}") from e
-        if inspect.iscoroutine(obj):
-            obj.close()
-            raise CliError(f"{target} is async; name a plain function returning a config")
-    if not isinstance(obj, StateMachineConfig | Mapping):
-        raise CliError(
-            f"{target} is a {type(obj).__name__}, not a StateMachineConfig, a mapping, or a "
-            "zero-argument factory returning one"
-        )
-    return obj
-
-
-def say(*lines: str, flush: bool = False) -> None:
-    """Print each of ``lines`` as one line of human output: whatever a line holds (ids,
-    names, messages from the store) is shown with its control characters escaped."""
-    for line in lines:
-        print(printable(line), flush=flush)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
+__all__ = ["CliError", "main", "say"]  # CliError and say live in _base
 
 # -- demo
 
@@ -301,7 +206,7 @@ def _validate(args: argparse.Namespace) -> int:
             if problems is not None:
                 ok = _validate_one(where, None, "  ", problems) and ok
                 continue
-            say(f"{where}: error: calling its factory failed: {_one_line(e)}")
+            say(f"{where}: error: calling its factory failed: {one_line(e)}")
             ok = False
             continue
         ok = _validate_one(where, made, "  ") and ok
@@ -368,8 +273,6 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _park, _runtime, _store  # noqa: F401  (register their subcommands)
-
     parser = _Parser(
         prog="deploysm",
         description="Deployment workflows as typed, durable, asyncio-native state machines.",
@@ -407,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deploysm {cmd.name}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug; still one line rather than a traceback
-        bug = f"unexpected {_one_line(e)} (a bug in deploysm: please report it)"
+        bug = f"unexpected {one_line(e)} (a bug in deploysm: please report it)"
         _error(cmd.name, ErrorCode.INTERNAL_ERROR, bug)
         return 1
 

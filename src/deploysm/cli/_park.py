@@ -16,8 +16,8 @@ from ..core._errors import ErrorCode, StateMachineError
 from ..durable._snapshot import SerializableState
 from ..stores import MachineInfo, Store
 from ..stores._parking import UNREADABLE, UNRUNNABLE
-from ._main import command, say
-from ._store import _describe, _dumps, _iso, _store_args, _with_store, _workflow
+from ._base import command, say
+from ._read import _describe, _dumps, _iso, _store_args, _with_store, _workflow
 
 __all__ = ["show_parked", "show_unrunnable"]
 

@@ -21,9 +21,9 @@ from ..stores._open import migrate_store, sqlite_path
 from ..stores._runtime import RuntimeStore
 from ..stores._sealed import SealingStore
 from ._app import add_app_arg, check_event, check_workflow
+from ._base import CliError, command, say
 from ._db import where, with_store
 from ._keys import add_keys_arg
-from ._main import CliError, command, say
 
 __all__ = ["load_app"]
 

@@ -12,7 +12,7 @@ import random as _random
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._clock import Clock
 from ._effects import Effect
@@ -20,9 +20,6 @@ from ._errors import ErrorCode, StateMachineError
 from ._history import DEFAULT_HISTORY_LIMIT
 from ._retry import RetryPolicy
 from ._types import Event
-
-if TYPE_CHECKING:
-    from ._definition import Definition
 
 __all__ = ["Guard", "Hooks", "StateMachineConfig", "TimeoutConfig", "Transition", "invalid_config"]
 
@@ -141,19 +138,24 @@ class StateMachineConfig(Generic[S, E, C]):
     lease_ms: int = 30_000
     failure_states: Sequence[S] | None = None
     history_limit: int = DEFAULT_HISTORY_LIMIT
-    _definition: Definition | None = field(default=None, init=False, repr=False, compare=False)
+    # the compiled Definition, cached by ``compile_config``
+    _definition: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if _COERCING.get():
             return
-        from ._validation import check_errors
-
         cfg, problems = coerce_config(self)
         if cfg is not None:
-            problems = problems + check_errors(cfg)
+            for check in CHECKS:
+                problems = problems + check(cfg)
         if problems:
             raise invalid_config(problems)
 
+
+# The checks of a whole config (``_validation.check_errors``). They need this module's
+# classes, so they plug in here when ``deploysm.core`` is imported (its ``__init__``)
+# rather than this module importing them: no import cycle.
+CHECKS: list[Callable[[StateMachineConfig[Any, Any, Any]], list[str]]] = []
 
 # True while ``coerce_config`` builds the checked copy of a config it is checking.
 _COERCING: ContextVar[bool] = ContextVar("deploysm_coercing", default=False)

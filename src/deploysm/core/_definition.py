@@ -12,7 +12,6 @@ import random as _random
 from collections.abc import Callable
 from typing import Any
 
-from ..stores._runtime import RuntimeStore
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import (
     Hooks,
@@ -149,7 +148,8 @@ class Definition:
         self.store = cfg.store
         # A machine on a runtime store leases itself while a transition is in flight
         # (``_lease``); a worker's machines write through their claim's lease instead.
-        self.leases = isinstance(cfg.store, RuntimeStore)
+        # (a runtime store is one that can renew leases: ``stores.RuntimeStore.renew``)
+        self.leases = callable(getattr(cfg.store, "renew", None))
         self.lease_ms: int = cfg.lease_ms
         self.history_limit: int = cfg.history_limit
         self.clock: Clock = cfg.clock if cfg.clock is not None else SYSTEM_CLOCK
@@ -182,7 +182,8 @@ def fingerprint(cfg: StateMachineConfig[Any, Any, Any]) -> str:
 def compile_config(raw: Any) -> Definition:
     """Compile (once per config object) or raise ``INVALID_CONFIG`` listing every problem."""
     if isinstance(raw, StateMachineConfig) and raw._definition is not None:
-        return raw._definition
+        cached: Definition = raw._definition
+        return cached
     cfg, problems = coerce_config(raw)
     if cfg is not None:
         problems = problems + check_errors(cfg)

@@ -20,8 +20,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from ..durable._snapshot import CommittedEffect, InFlight, Status
 from ._history import add_errors, enter_visit, exit_visit, new_metrics, push_history
+from ._records import CommittedEffect, InFlight, Status
 from ._types import State, StateMachineMetrics, StateMetrics
 
 _new = tuple.__new__

@@ -4,7 +4,8 @@ visits and the per-state totals.
 A machine keeps at most ``history_limit`` states it left (``get_history()``, the
 snapshot's ``history``) and the visits of those plus the current one
 (``metrics.states``); older ones drop off the front. Nothing is lost: every
-``committed`` journal record carries the state it left (``exited``), so the journal
+``committed`` journal record (``durable._format.committed_record``) carries the
+state it left (``exited``), so the journal
 holds the whole history (``deploysm.stores.full_history``), and ``metrics.per_state``
 keeps each state's totals over the machine's whole life. A save's size and cost thus
 depend on the limit, not on the machine's age.
@@ -20,14 +21,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from ..durable._snapshot import state_out
 from ._types import State, StateMachineMetrics, StateMetrics, StateTotals
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "MAX_HISTORY_LIMIT",
     "add_errors",
-    "committed_record",
     "copy_metrics",
     "enter_visit",
     "exit_visit",
@@ -50,21 +49,6 @@ def push_history(history: list[State[Any]], state: State[Any], limit: int) -> No
     history.append(state)
     if len(history) > limit:
         del history[: len(history) - limit]
-
-
-def committed_record(
-    left: State[Any], to: str, event: str | None, attempts: int, key: str | None
-) -> dict[str, Any]:
-    """The data of a ``committed`` journal record: the transition, and the state it left
-    (``exited``, as in a snapshot's ``history``), so the journal keeps every one."""
-    return {
-        "source": left.name,
-        "to": to,
-        "event": event,
-        "attempts": attempts,
-        "key": key,
-        "exited": state_out(left),
-    }
 
 
 def new_metrics(initial: str, now: datetime) -> StateMachineMetrics:
@@ -137,13 +121,13 @@ def add_errors(metrics: StateMachineMetrics, errors: int) -> None:
 
 def window(
     history: list[State[Any]], metrics: StateMachineMetrics, limit: int, journaled: bool
-) -> tuple[list[State[Any]], StateMachineMetrics, list[dict[str, Any]]]:
+) -> tuple[list[State[Any]], StateMachineMetrics, list[State[Any]]]:
     """A loaded snapshot's history and metrics cut to ``limit`` (new lists), and the
-    history entries the journal must take (as a snapshot writes them): those cut off,
+    history entries the journal must take: those cut off,
     or every one when the journal never got them (``journaled`` false: a version-1
     snapshot, written before ``committed`` records carried the state they left)."""
     cut = max(len(history) - limit, 0)
-    dropped = [state_out(s) for s in (history[:cut] if journaled else history)]
+    dropped = history[:cut] if journaled else list(history)
     visits = metrics.states
     if len(visits) > limit + 1:
         metrics = dataclasses.replace(metrics, states=visits[len(visits) - limit - 1 :])

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..durable._snapshot import CommittedEffect, InFlight, Status
 from ._definition import CompiledTransition
 from ._effects import Effect
 from ._head import Head, advance, mark_finished, record_exit
+from ._records import CommittedEffect, InFlight, Status
 from ._types import State, StateMetrics
 
 _NONE: Mapping[str, Sequence[CompiledTransition]] = {}

@@ -33,7 +33,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ._snapshot import SerializableState, head_out, metrics_out, state_out, tail_out, visit_out
+from ._format import Document, head_out, metrics_out, state_out, tail_out, visit_out
 
 __all__ = ["SnapshotJSON", "cache_for"]
 
@@ -87,7 +87,7 @@ class SnapshotJSON:
         self._history = _Prefix(state_out)
         self._visits = _Prefix(visit_out)
 
-    def dumps(self, s: SerializableState) -> str:
+    def dumps(self, s: Document) -> str:
         """``s`` as compact JSON, byte for byte what ``json.dumps(s.to_dict())`` gives."""
         head = _encode(head_out(s))  # '{"schema_version":...,"context":...}'
         history = self._history.text(s.history, len(s.history))

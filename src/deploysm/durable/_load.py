@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core._history import totals_of
+from ..core._records import STATUSES, CommittedEffect, InFlight
 from ..core._retry import is_finite_number
 from ..core._types import Event, State, StateMachineMetrics, StateMetrics, StateTotals
 from ._codec import jsonable
-from ._snapshot import (
-    SCHEMA_VERSION,
-    STATUSES,
-    CommittedEffect,
-    InFlight,
-    SerializableState,
-    invalid,
-)
+from ._format import SCHEMA_VERSION, invalid
 
 __all__ = ["Reader", "load", "state_in"]
 
 _invalid = invalid
+T = TypeVar("T")
 
 MAX_INT = 2**63 - 1  # the stores keep the version in a signed 64-bit column
 
@@ -146,7 +141,8 @@ def _per_state_in(m: _Reader) -> dict[str, StateTotals]:
     return out
 
 
-def load(data: Any) -> SerializableState:
+def load(data: Any, make: Callable[..., T]) -> T:
+    """The snapshot in ``data``, checked, built by ``make`` (``SerializableState``)."""
     r = _Reader(data, "snapshot")
     sv = r.integer("schema_version", minimum=0)
     if sv not in (1, SCHEMA_VERSION):
@@ -233,7 +229,7 @@ def load(data: Any) -> SerializableState:
     current = state_in(r.sub("current_state"))
     if not visits or visits[-1].state != current.name:
         raise _invalid("snapshot.metrics.states must end with a visit of the current state")
-    return SerializableState(
+    return make(
         current_state=current,
         context=r.data["context"],
         history=history,

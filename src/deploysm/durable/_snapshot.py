@@ -5,48 +5,33 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from ..core._errors import ErrorCode, StateMachineError
-from ..core._types import Event, State, StateMachineMetrics, StateMetrics
-from ._codec import jsonable
+from ..core._errors import StateMachineError
+from ..core._records import STATUSES, CommittedEffect, InFlight, Status
+from ..core._types import State, StateMachineMetrics
+from ._format import (
+    SCHEMA_VERSION,
+    committed_record,
+    head_out,
+    invalid,
+    metrics_out,
+    reject_constant,
+    state_out,
+    tail_out,
+)
+from ._json import SnapshotJSON
+from ._load import load
 
-if TYPE_CHECKING:
-    from ._json import SnapshotJSON
-
-__all__ = ["CommittedEffect", "InFlight", "SCHEMA_VERSION", "STATUSES", "SerializableState"]
-
-SCHEMA_VERSION = 2
-STATUSES = ("active", "completed", "failed", "cancelled", "needs_attention")
-Status = Literal["active", "completed", "failed", "cancelled", "needs_attention"]
-
-
-@dataclass(slots=True)
-class InFlight:
-    """A transition whose effect has started (``phase="running"``) or waits for its
-    next attempt (``phase="retry_wait"`` until ``next_retry_at``)."""
-
-    from_state: str
-    to_state: str
-    event: Event[Any]
-    transition_index: int
-    attempt: int
-    idempotency_key: str
-    started_at: datetime
-    phase: Literal["running", "retry_wait"] = "running"
-    next_retry_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommittedEffect:
-    """A committed non-idempotent effect, kept so ``compensate()`` can undo it."""
-
-    state: str
-    from_state: str
-    event: str
-    transition_index: int
-    idempotency_key: str
-    version: int
+__all__ = [
+    "CommittedEffect",
+    "InFlight",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "SerializableState",
+    "Status",
+    "committed_record",
+]
 
 
 @dataclass(slots=True)
@@ -89,10 +74,8 @@ class SerializableState:
     @classmethod
     def from_dict(cls, data: Any) -> SerializableState:
         """Validate and load; anything malformed is ``INVALID_SNAPSHOT``."""
-        from ._load import load
-
         try:
-            return load(data)
+            return load(data, cls)
         except StateMachineError:
             raise
         except Exception as e:  # any shape problem becomes one typed error
@@ -101,7 +84,7 @@ class SerializableState:
     @classmethod
     def from_json(cls, text: str | bytes) -> SerializableState:
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            data = json.loads(text, parse_constant=reject_constant)
         except (ValueError, TypeError, RecursionError) as e:
             raise invalid(f"snapshot is not valid JSON: {e}") from e
         return cls.from_dict(data)
@@ -121,126 +104,3 @@ class SerializableState:
         if isinstance(value, str | bytes | bytearray):
             return cls.from_json(bytes(value) if isinstance(value, bytearray) else value)
         return cls.from_dict(value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid in a snapshot")
-
-
-def invalid(msg: str) -> StateMachineError:
-    return StateMachineError(msg, ErrorCode.INVALID_SNAPSHOT)
-
-
-def _dt_out(d: datetime | None) -> str | None:
-    return None if d is None else d.isoformat()
-
-
-# The parts of ``to_dict()``, in document order; ``_snapshot_json`` encodes the same
-# parts one by one, so both must keep using these.
-
-
-def head_out(s: SerializableState) -> dict[str, Any]:
-    """The document's fields before ``history``."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "machine_id": s.machine_id,
-        "definition_id": s.definition_id,
-        "fingerprint": s.fingerprint,
-        "status": s.status,
-        "version": s.version,
-        "current_state": state_out(s.current_state),
-        "context": s.context,
-    }
-
-
-def tail_out(s: SerializableState) -> dict[str, Any]:
-    """The document's fields after ``metrics``."""
-    return {
-        "in_flight": _in_flight_out(s.in_flight) if s.in_flight else None,
-        "committed_effects": [
-            {
-                "state": c.state,
-                "from_state": c.from_state,
-                "event": c.event,
-                "transition_index": c.transition_index,
-                "idempotency_key": c.idempotency_key,
-                "version": c.version,
-            }
-            for c in s.committed_effects
-        ],
-        "last_error": s.last_error,
-        "state_deadline": _dt_out(s.state_deadline),
-    }
-
-
-def state_out(s: State[Any]) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "data": jsonable(s.data),
-        "timestamp": s.timestamp.isoformat(),
-        "version": s.version,
-        "attempts": s.attempts,
-        "idempotency_key": s.idempotency_key,
-    }
-
-
-def visit_out(v: StateMetrics) -> dict[str, Any]:
-    return {
-        "state": v.state,
-        "entered_at": v.entered_at.isoformat(),
-        "exited_at": _dt_out(v.exited_at),
-        "duration_ms": v.duration_ms,
-        "attempts": v.attempts,
-        "errors": v.errors,
-    }
-
-
-def metrics_out(m: StateMachineMetrics, visits: list[StateMetrics]) -> dict[str, Any]:
-    """``m`` with ``visits`` as its ``states``."""
-    return {
-        "states": [visit_out(v) for v in visits],
-        "total_duration_ms": m.total_duration_ms,
-        "total_transitions": m.total_transitions,
-        "total_retries": m.total_retries,
-        "total_attempts": m.total_attempts,
-        "total_errors": m.total_errors,
-        "is_complete": m.is_complete,
-        "is_failed": m.is_failed,
-        "is_cancelled": m.is_cancelled,
-        "current_state": m.current_state,
-        "total_rollbacks": m.total_rollbacks,
-        "total_compensations": m.total_compensations,
-        "started_at": _dt_out(m.started_at),
-        "per_state": {
-            name: {
-                "visits": t.visits,
-                "duration_ms": t.duration_ms,
-                "attempts": t.attempts,
-                "errors": t.errors,
-            }
-            for name, t in m.per_state.items()
-        },
-    }
-
-
-def _event_out(e: Event[Any]) -> dict[str, Any]:
-    return {
-        "type": e.type,
-        "payload": jsonable(e.payload),
-        "timestamp": e.timestamp.isoformat(),
-        "correlation_id": e.correlation_id,
-    }
-
-
-def _in_flight_out(f: InFlight) -> dict[str, Any]:
-    return {
-        "from_state": f.from_state,
-        "to_state": f.to_state,
-        "event": _event_out(f.event),
-        "transition_index": f.transition_index,
-        "attempt": f.attempt,
-        "idempotency_key": f.idempotency_key,
-        "started_at": f.started_at.isoformat(),
-        "phase": f.phase,
-        "next_retry_at": _dt_out(f.next_retry_at),
-    }

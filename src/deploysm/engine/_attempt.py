@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
+from datetime import datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -13,18 +14,17 @@ from ..core._definition import CompiledTransition
 from ..core._effects import Effect, call_maybe_async, to_effect_result
 from ..core._errors import EffectError, RetryExhaustedError, StateMachineError, TimeoutError
 from ..core._step import GiveUp, Retry
-from ..core._types import State
+from ..core._types import EffectResult, State
 from ._timeouts import deadline
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
-    from ._runner import Run
+    from ._machine import Machine
 
 __all__ = ["decide_retry", "final_error", "one_attempt"]
 
 
 async def one_attempt(
-    m: StateMachine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: Run
+    m: Machine[Any, Any, Any], eff: Effect[Any], ctx: Any, target: State[Any], run: Run
 ) -> BaseException | None:
     d = m._def
     try:
@@ -69,7 +69,7 @@ async def one_attempt(
 
 
 async def decide_retry(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     eff: Effect[Any],
     error: BaseException,
     run: Run,
@@ -88,9 +88,7 @@ async def decide_retry(
     return step.after_verdict(facts, verdict)
 
 
-async def _policy_verdict(
-    m: StateMachine[Any, Any, Any], error: BaseException, attempt: int
-) -> bool:
+async def _policy_verdict(m: Machine[Any, Any, Any], error: BaseException, attempt: int) -> bool:
     policy = m._def.retry
     assert policy is not None
     if policy.retryable_errors is not None and not isinstance(error, policy.retryable_errors):
@@ -110,7 +108,7 @@ async def _policy_verdict(
 
 
 def final_error(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     error: BaseException,
     run: Run,
@@ -133,3 +131,28 @@ def final_error(
     )
     wrapped.__cause__ = error
     return wrapped
+
+
+class Run:
+    """The bookkeeping of one logical transition across its attempts."""
+
+    __slots__ = (
+        "attempt",
+        "errors",
+        "in_attempt",
+        "last_error",
+        "last_result",
+        "prev_delay_ms",
+        "unrolled",
+        "wait_until",
+    )
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self.last_result: EffectResult | None = None
+        self.prev_delay_ms: float | None = None
+        self.unrolled = False  # a non-idempotent attempt started and is not rolled back
+        self.in_attempt = False  # an attempt is running right now
+        self.wait_until: datetime | None = None  # resume: the recorded retry deadline

@@ -15,14 +15,14 @@ from ._commit import commit, commit_now
 from ._runner import run_transition
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["choose_and_run"]
 
 _NONE: Mapping[str, Any] = {}
 
 
-async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
+async def choose_and_run(m: Machine[Any, Any, Any], ev: Event[Any]) -> TransitionResult[Any]:
     """Rule 1 and on: pick the transition, check the context, run the effect or commit."""
     head = m._head
     if head.status != "active" or head.in_flight is not None or m._stale or m._cancel_requested:
@@ -83,7 +83,7 @@ async def choose_and_run(m: StateMachine[Any, Any, Any], ev: Event[Any]) -> Tran
     return await run_transition(m, chosen, ev, eff)
 
 
-async def _check_context(m: StateMachine[Any, Any, Any]) -> StateMachineError | None:
+async def _check_context(m: Machine[Any, Any, Any]) -> StateMachineError | None:
     fn = m._def.validate_context
     assert fn is not None
     cause: Exception | None = None
@@ -102,9 +102,7 @@ async def _check_context(m: StateMachine[Any, Any, Any]) -> StateMachineError | 
     return err
 
 
-async def _refuse(
-    m: StateMachine[Any, Any, Any], error: StateMachineError
-) -> TransitionResult[Any]:
+async def _refuse(m: Machine[Any, Any, Any], error: StateMachineError) -> TransitionResult[Any]:
     obs = m._def.observer
     if obs.enabled("warning"):
         await obs.log(

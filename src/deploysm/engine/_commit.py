@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from ..core import _step as step
 from ..core._definition import CompiledTransition
 from ..core._head import advance
-from ..core._history import committed_record
 from ..core._types import (
     EffectResult,
     Event,
@@ -18,18 +17,18 @@ from ..core._types import (
     make_result,
     make_state,
 )
-from ..durable._snapshot import CommittedEffect
+from ..durable._snapshot import CommittedEffect, committed_record
 from . import _lifecycle as lifecycle
 from . import _timers as timers
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["commit", "commit_now"]
 
 
 async def commit(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     ev: Event[Any],
     result: EffectResult | None,
@@ -77,7 +76,7 @@ async def commit(
 
 
 def commit_now(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     ev: Event[Any],
     result: EffectResult | None,
@@ -103,7 +102,7 @@ def commit_now(
 
 
 def _enter(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     ev: Event[Any],
     result: EffectResult | None,
@@ -136,14 +135,14 @@ def _enter(
     return b, visit, prior_error
 
 
-async def _exit_hooks(m: StateMachine[Any, Any, Any], a: State[Any]) -> None:
+async def _exit_hooks(m: Machine[Any, Any, Any], a: State[Any]) -> None:
     d = m._def
     if d.hooks.on_state_exit is not None:
         await d.observer.call("on_state_exit", d.hooks.on_state_exit, a, m._ctx)
 
 
 async def _enter_hooks(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     a: State[Any],
     b: State[Any],
     ev: Event[Any],

@@ -13,6 +13,7 @@ from ..core._errors import ErrorCode, StateMachineError
 from ..core._head import Head, initial_head
 from ..core._history import window
 from ..durable._codec import decode_context, jsonable
+from ..durable._format import state_out
 from ..durable._json import cache_for
 from ..durable._snapshot import SerializableState
 from . import _lease as lease
@@ -20,14 +21,14 @@ from ._timeouts import uninterrupted
 from ._timers import arm, stop
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["build_snapshot", "persist", "rehydrate"]
 
 _STALE = (ErrorCode.CONFLICT, ErrorCode.LEASE_LOST, ErrorCode.LEASE_HELD)
 
 
-def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> SerializableState:
+def build_snapshot(m: Machine[Any, Any, Any], *, copy: bool = True) -> SerializableState:
     """The machine as a snapshot, its context encoded to JSON-safe data.
 
     ``copy=False`` shares the machine's lists and records instead of copying them:
@@ -67,7 +68,7 @@ def build_snapshot(m: StateMachine[Any, Any, Any], *, copy: bool = True) -> Seri
     return snap
 
 
-async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineError | None:
+async def persist(m: Machine[Any, Any, Any], bump: bool) -> StateMachineError | None:
     """Write the snapshot if persistence is configured; return the error if that failed.
 
     ``bump`` counts the write as a change of its own (intents, failures). A write,
@@ -128,7 +129,7 @@ async def persist(m: StateMachine[Any, Any, Any], bump: bool) -> StateMachineErr
     return None
 
 
-async def _failed(m: StateMachine[Any, Any, Any], error: StateMachineError) -> None:
+async def _failed(m: Machine[Any, Any, Any], error: StateMachineError) -> None:
     """After a failed write the machine becomes what its store holds (it may have been
     changed for the write: a new state, an intent, journal records), so that memory
     never claims what is not durable. A stale machine (another writer, a lost lease)
@@ -149,7 +150,7 @@ async def _failed(m: StateMachine[Any, Any, Any], error: StateMachineError) -> N
         m._stale = True
 
 
-def _as_new(m: StateMachine[Any, Any, Any]) -> None:
+def _as_new(m: Machine[Any, Any, Any]) -> None:
     """A machine its store has never taken a snapshot of: back to its initial state."""
     d = m._def
     m._put(initial_head(d.initial, m._ctx, d.clock.now()))
@@ -163,7 +164,7 @@ def _as_new(m: StateMachine[Any, Any, Any]) -> None:
 
 
 def rehydrate(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     snapshot: Any,
     *,
     check_busy: bool = True,
@@ -212,7 +213,7 @@ def rehydrate(
     m._stale = False
     m._pending = []
     if dropped and m._store is not None:  # kept in the journal, written with the next save
-        m.note("history", states=dropped)
+        m.note("history", states=[state_out(s) for s in dropped])
     m.stop_state_timer()
     if snap.status == "active" and d.state_timeout_s is not None and not m.is_final():
         m.arm_state_timer(snap.state_deadline)

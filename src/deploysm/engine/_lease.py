@@ -35,7 +35,7 @@ from ..stores._runtime import Lease, LeaseHeld, holds_lease
 from ._timeouts import uninterrupted
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["applies", "new_owner", "owner_is_dead", "save", "stop_heartbeat", "take_over"]
 
@@ -81,7 +81,7 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-def applies(m: StateMachine[Any, Any, Any]) -> bool:
+def applies(m: Machine[Any, Any, Any]) -> bool:
     """Whether ``m`` leases itself: it writes to its config's runtime store (not
     through a worker's claim)."""
     d = m._def
@@ -89,7 +89,7 @@ def applies(m: StateMachine[Any, Any, Any]) -> bool:
 
 
 async def save(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     snap: SerializableState,
     journal: list[JournalRecord],
     expected: int | None,
@@ -115,7 +115,7 @@ async def save(
 
 
 async def take_over(
-    m: StateMachine[Any, Any, Any], snap: SerializableState, journal: list[JournalRecord]
+    m: Machine[Any, Any, Any], snap: SerializableState, journal: list[JournalRecord]
 ) -> None:
     """Write ``snap`` (one version past the stored one) taking the machine's lease,
     before ``resume``/``resolve`` touch anything. Another owner's live lease refuses it
@@ -135,14 +135,14 @@ async def take_over(
         await save(m, snap, journal, snap.version - 1, evict=e.holder)
 
 
-def lease_for(m: StateMachine[Any, Any, Any], evict: str | None = None) -> Lease:
+def lease_for(m: Machine[Any, Any, Any], evict: str | None = None) -> Lease:
     owner = m._lease_owner
     if owner is None:
         owner = m._lease_owner = new_owner()
     return Lease(owner, m._def.lease_ms, evict)
 
 
-def settle(m: StateMachine[Any, Any, Any], token: int | None, holds: bool) -> None:
+def settle(m: Machine[Any, Any, Any], token: int | None, holds: bool) -> None:
     """After a save with a lease: hold ``token`` (and keep the heartbeat going) or not."""
     if holds:
         m._lease_token = token
@@ -159,18 +159,18 @@ def settle(m: StateMachine[Any, Any, Any], token: int | None, holds: bool) -> No
         stop_heartbeat(m)
 
 
-def stop_heartbeat(m: StateMachine[Any, Any, Any]) -> None:
+def stop_heartbeat(m: Machine[Any, Any, Any]) -> None:
     beat = m._heartbeat
     if beat is not None:
         m._heartbeat = None
         beat.cancel()
 
 
-def _first_beat(m: StateMachine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
+def _first_beat(m: Machine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
     m._heartbeat = loop.create_task(_beat(m, wait=False))
 
 
-async def _beat(m: StateMachine[Any, Any, Any], wait: bool) -> None:
+async def _beat(m: Machine[Any, Any, Any], wait: bool) -> None:
     """Renew the lease every third of it, while it is held; a lost lease makes the
     machine stale (its next save would be refused anyway)."""
     d = m._def

@@ -11,7 +11,7 @@ from . import _timers as timers
 from ._saga import compensate_locked
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = [
     "cancel",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
+async def finish_complete(m: Machine[Any, Any, Any]) -> None:
     m.note("completed", state=m._state.name)
     m._put(step.finished(m._head, "completed"))
     timers.stop(m)
@@ -35,7 +35,7 @@ async def finish_complete(m: StateMachine[Any, Any, Any]) -> None:
 
 
 def finish_failure_state(
-    m: StateMachine[Any, Any, Any], source: str, event: str, prior: dict[str, Any] | None
+    m: Machine[Any, Any, Any], source: str, event: str, prior: dict[str, Any] | None
 ) -> None:
     """The machine entered one of its failure states: it is ``failed``. Its last error
     is the one its previous state recorded (why it gave up), else a note of the move.
@@ -53,7 +53,7 @@ def finish_failure_state(
     timers.stop(m)
 
 
-async def complete(m: StateMachine[Any, Any, Any]) -> None:
+async def complete(m: Machine[Any, Any, Any]) -> None:
     async with m.lock():
         if m._status == "completed":
             return
@@ -62,7 +62,7 @@ async def complete(m: StateMachine[Any, Any, Any]) -> None:
         await _persist_or_raise(m)
 
 
-async def fail(m: StateMachine[Any, Any, Any], error: BaseException | str | None) -> None:
+async def fail(m: Machine[Any, Any, Any], error: BaseException | str | None) -> None:
     err = error if isinstance(error, BaseException) else StateMachineError(str(error or "failed"))
     async with m.lock():
         if m._status == "failed":
@@ -78,7 +78,7 @@ async def fail(m: StateMachine[Any, Any, Any], error: BaseException | str | None
         await _persist_or_raise(m)
 
 
-async def cancel(m: StateMachine[Any, Any, Any]) -> None:
+async def cancel(m: Machine[Any, Any, Any]) -> None:
     if m._status == "cancelled":
         return
     m._cancel_requested = True
@@ -93,7 +93,7 @@ async def cancel(m: StateMachine[Any, Any, Any]) -> None:
         raise error
 
 
-async def finish_cancel(m: StateMachine[Any, Any, Any]) -> StateMachineError | None:
+async def finish_cancel(m: Machine[Any, Any, Any]) -> StateMachineError | None:
     """Record the cancellation: ``on_cancel``, then a durable write (its error, if it
     failed)."""
     if m._status == "cancelled":
@@ -107,7 +107,7 @@ async def finish_cancel(m: StateMachine[Any, Any, Any]) -> StateMachineError | N
     return await m.persist(bump=True)
 
 
-async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
+async def _persist_or_raise(m: Machine[Any, Any, Any]) -> None:
     err = await m.persist(bump=True)
     if err is not None:
         raise err

@@ -19,12 +19,13 @@ from ..durable._snapshot import InFlight, SerializableState
 from ..stores._base import JournalRecord
 from . import _durability as durability
 from . import _lease as lease
+from ._attempt import Run
 from ._commit import commit
-from ._runner import Run, _NotDurable, drive, error_fields, fail, rollback, start_attempt
+from ._runner import _NotDurable, drive, error_fields, fail, rollback, start_attempt
 from ._timeouts import uninterrupted
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["ResolveAction", "resolve", "resume"]
 
@@ -32,7 +33,7 @@ ResolveAction = Literal["retry", "mark_succeeded", "mark_failed"]
 _ACTIONS = ("retry", "mark_succeeded", "mark_failed")
 
 
-async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
+async def load(m: Machine[Any, Any, Any]) -> SerializableState | None:
     d = m._def
     if m._store is not None:
         snap: SerializableState | None = await m._store.load(m.machine_id)
@@ -46,7 +47,7 @@ async def load(m: StateMachine[Any, Any, Any]) -> SerializableState | None:
 
 
 async def resume(
-    m: StateMachine[Any, Any, Any], claimed: SerializableState | None = None
+    m: Machine[Any, Any, Any], claimed: SerializableState | None = None
 ) -> TransitionResult[Any] | None:
     """Load the stored snapshot and finish its in-flight transition, if any.
 
@@ -105,7 +106,7 @@ async def resume(
 
 
 async def resolve(
-    m: StateMachine[Any, Any, Any], action: str, by: str | None, reason: str | None
+    m: Machine[Any, Any, Any], action: str, by: str | None, reason: str | None
 ) -> TransitionResult[Any] | None:
     """Take a parked machine out of ``needs_attention`` as the operator decided."""
     if action not in _ACTIONS:
@@ -145,7 +146,7 @@ async def resolve(
 
 
 async def _carry_out(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     eff: Effect[Any],
     flight: InFlight,
@@ -177,7 +178,7 @@ async def _carry_out(
 
 
 async def _rerun(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     eff: Effect[Any],
     flight: InFlight,
@@ -194,7 +195,7 @@ async def _rerun(
 
 
 async def _take_over(
-    m: StateMachine[Any, Any, Any], snap: SerializableState
+    m: Machine[Any, Any, Any], snap: SerializableState
 ) -> tuple[SerializableState, bool]:
     """Take the lease of the in-flight ``snap`` for ``m``: the snapshot now stored, and
     whether it was taken over. When the stored version is newer than the one loaded,
@@ -231,7 +232,7 @@ def _data(action: str, by: str | None, reason: str | None) -> dict[str, Any]:
     return {"action": action, "by": by, "reason": reason}
 
 
-async def _park(m: StateMachine[Any, Any, Any], flight: InFlight) -> TransitionResult[Any]:
+async def _park(m: Machine[Any, Any, Any], flight: InFlight) -> TransitionResult[Any]:
     """A non-idempotent effect without rollback was interrupted: never re-run it alone."""
     err = StateMachineError(
         f"attempt {flight.attempt} of {flight.from_state} -> {flight.to_state} was interrupted; "
@@ -247,7 +248,7 @@ async def _park(m: StateMachine[Any, Any, Any], flight: InFlight) -> TransitionR
     return TransitionResult(False, m._state, persist_error or err)
 
 
-async def _reconcile(m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any]) -> str:
+async def _reconcile(m: Machine[Any, Any, Any], eff: Effect[Any], target: State[Any]) -> str:
     if eff.reconcile is None:
         return "unknown"
     try:
@@ -263,7 +264,7 @@ async def _reconcile(m: StateMachine[Any, Any, Any], eff: Effect[Any], target: S
 
 
 def _transition_of(
-    m: StateMachine[Any, Any, Any], flight: InFlight
+    m: Machine[Any, Any, Any], flight: InFlight
 ) -> tuple[CompiledTransition, Effect[Any]]:
     for ct in m._def.transitions:
         same = ct.index == flight.transition_index and ct.source == flight.from_state
@@ -275,6 +276,6 @@ def _transition_of(
     )
 
 
-def _target(m: StateMachine[Any, Any, Any], flight: InFlight) -> State[Any]:
+def _target(m: Machine[Any, Any, Any], flight: InFlight) -> State[Any]:
     now: datetime = m._def.clock.now()
     return State(flight.to_state, {}, now, m._version, flight.attempt, flight.idempotency_key)

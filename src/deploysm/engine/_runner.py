@@ -17,15 +17,15 @@ from ..core._errors import (
     TimeoutError,
 )
 from ..core._head import count, count_attempt
-from ..core._types import EffectResult, Event, State, TransitionResult, make_state
+from ..core._types import Event, State, TransitionResult, make_state
 from ..durable._snapshot import InFlight
-from ._attempt import decide_retry, final_error, one_attempt
+from ._attempt import Run, decide_retry, final_error, one_attempt
 from ._commit import commit, commit_now
 from ._lifecycle import finish_cancel
 from ._timeouts import deadline, uninterrupted
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = [
     "HandBack",
@@ -39,32 +39,7 @@ __all__ = [
 ]
 
 
-class Run:
-    """The bookkeeping of one logical transition across its attempts."""
-
-    __slots__ = (
-        "attempt",
-        "errors",
-        "in_attempt",
-        "last_error",
-        "last_result",
-        "prev_delay_ms",
-        "unrolled",
-        "wait_until",
-    )
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.errors = 0
-        self.last_error: BaseException | None = None
-        self.last_result: EffectResult | None = None
-        self.prev_delay_ms: float | None = None
-        self.unrolled = False  # a non-idempotent attempt started and is not rolled back
-        self.in_attempt = False  # an attempt is running right now
-        self.wait_until: datetime | None = None  # resume: the recorded retry deadline
-
-
-def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[str, Any]:
+def error_fields(m: Machine[Any, Any, Any], error: BaseException) -> dict[str, Any]:
     """An error as journal data: type, code and redacted message."""
     return {
         "error": type(error).__name__,
@@ -74,7 +49,7 @@ def error_fields(m: StateMachine[Any, Any, Any], error: BaseException) -> dict[s
 
 
 def run_transition(
-    m: StateMachine[Any, Any, Any], ct: CompiledTransition, ev: Event[Any], eff: Effect[Any]
+    m: Machine[Any, Any, Any], ct: CompiledTransition, ev: Event[Any], eff: Effect[Any]
 ) -> Coroutine[Any, Any, TransitionResult[Any]]:
     """Run ``eff`` for ``ct`` with the intent written first; commit or fail.
 
@@ -92,7 +67,7 @@ def run_transition(
 
 
 async def _intent_then_drive(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     ev: Event[Any],
     eff: Effect[Any],
@@ -108,7 +83,7 @@ async def _intent_then_drive(
 
 
 async def drive(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     ev: Event[Any],
     eff: Effect[Any],
@@ -173,7 +148,7 @@ async def drive(
 
 
 async def _attempts(
-    m: StateMachine[Any, Any, Any], ct: CompiledTransition, eff: Effect[Any], run: Run
+    m: Machine[Any, Any, Any], ct: CompiledTransition, eff: Effect[Any], run: Run
 ) -> BaseException | None:
     """Loop over attempts; ``None`` on success, else the error to fail with."""
     d = m._def
@@ -220,7 +195,7 @@ async def _attempts(
 
 
 async def _before_retry(
-    m: StateMachine[Any, Any, Any],
+    m: Machine[Any, Any, Any],
     ct: CompiledTransition,
     error: BaseException,
     target: State[Any],
@@ -265,7 +240,7 @@ class HandBack(BaseException):
     rather than held until the delay is over; nothing more is written."""
 
 
-async def _retry_wait(m: StateMachine[Any, Any, Any], seconds: float) -> None:
+async def _retry_wait(m: Machine[Any, Any, Any], seconds: float) -> None:
     """Sleep out a recorded retry delay; raise :class:`HandBack` if the worker that runs
     the machine stops first (its store view carries the ``handback`` event)."""
     handback: asyncio.Event | None = getattr(m._store, "handback", None)
@@ -287,7 +262,7 @@ async def _retry_wait(m: StateMachine[Any, Any, Any], seconds: float) -> None:
         raise HandBack
 
 
-async def start_attempt(m: StateMachine[Any, Any, Any]) -> None:
+async def start_attempt(m: Machine[Any, Any, Any]) -> None:
     """Make the next attempt's intent durable (a no-op without persistence)."""
     if m.durable:
         flight = m._in_flight
@@ -297,7 +272,7 @@ async def start_attempt(m: StateMachine[Any, Any, Any]) -> None:
         await _persist_or_raise(m)
 
 
-async def _persist_or_raise(m: StateMachine[Any, Any, Any]) -> None:
+async def _persist_or_raise(m: Machine[Any, Any, Any]) -> None:
     err = await m.persist(bump=True)
     if err is not None:
         raise _NotDurable(err)
@@ -314,7 +289,7 @@ class _NotDurable(Exception):
 
 
 async def rollback(
-    m: StateMachine[Any, Any, Any], eff: Effect[Any], target: State[Any], run: Run
+    m: Machine[Any, Any, Any], eff: Effect[Any], target: State[Any], run: Run
 ) -> StateMachineError | None:
     """Undo a failed non-idempotent attempt; a rollback that fails parks the machine."""
     run.unrolled = False
@@ -347,7 +322,7 @@ async def rollback(
     return None
 
 
-async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], run: Run) -> None:
+async def _undo_interrupted(m: Machine[Any, Any, Any], eff: Effect[Any], run: Run) -> None:
     """An attempt was cut short (timeout, cancel): count it, roll it back if it was
     not idempotent."""
     if run.in_attempt:
@@ -366,7 +341,7 @@ async def _undo_interrupted(m: StateMachine[Any, Any, Any], eff: Effect[Any], ru
 
 
 async def fail(
-    m: StateMachine[Any, Any, Any], ct: CompiledTransition, run: Run, error: BaseException
+    m: Machine[Any, Any, Any], ct: CompiledTransition, run: Run, error: BaseException
 ) -> TransitionResult[Any]:
     """Record the failure: the state stays, ``on_error`` runs, the record is durable."""
     if isinstance(error, _NotDurable):

@@ -11,12 +11,12 @@ from ..core import _step as step
 from ..core._effects import call_maybe_async
 from ..core._errors import ErrorCode, StateMachineError
 from ..core._head import count
-from ..core._history import committed_record
 from ..core._types import State
+from ..durable._snapshot import committed_record
 from ._timeouts import uninterrupted
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["CompensationResult", "compensate_locked"]
 
@@ -30,7 +30,7 @@ class CompensationResult:
     failed: list[tuple[str, BaseException]] = field(default_factory=list)
 
 
-async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResult:
+async def compensate_locked(m: Machine[Any, Any, Any]) -> CompensationResult:
     """Roll back every committed non-idempotent effect in reverse order. Each undone
     effect leaves the list at once and is persisted, so a second call never undoes
     it twice. A failing rollback stays in the list and parks the machine."""
@@ -85,7 +85,7 @@ async def compensate_locked(m: StateMachine[Any, Any, Any]) -> CompensationResul
     return CompensationResult(not failed, done, failed)
 
 
-async def _enter_compensated(m: StateMachine[Any, Any, Any], name: str) -> None:
+async def _enter_compensated(m: Machine[Any, Any, Any], name: str) -> None:
     d = m._def
     hooks = d.hooks
     obs = d.observer

@@ -12,12 +12,12 @@ from ..core._errors import TimeoutError
 from ..core._types import Event, State
 
 if TYPE_CHECKING:
-    from ._engine import StateMachine
+    from ._machine import Machine
 
 __all__ = ["arm", "stop"]
 
 
-def arm(m: StateMachine[Any, Any, Any], deadline: datetime | None = None) -> None:
+def arm(m: Machine[Any, Any, Any], deadline: datetime | None = None) -> None:
     """(Re)start the state timer; without a running loop only the deadline is kept,
     and the next ``dispatch`` starts the timer."""
     stop(m)
@@ -33,7 +33,7 @@ def arm(m: StateMachine[Any, Any, Any], deadline: datetime | None = None) -> Non
     m._state_timer = loop.create_task(_expire(m, m._state, deadline))
 
 
-def stop(m: StateMachine[Any, Any, Any]) -> None:
+def stop(m: Machine[Any, Any, Any]) -> None:
     timer = m._state_timer
     if m._head.state_deadline is not None:
         m._put(step.with_deadline(m._head, None))
@@ -43,7 +43,7 @@ def stop(m: StateMachine[Any, Any, Any]) -> None:
             timer.cancel()
 
 
-async def _expire(m: StateMachine[Any, Any, Any], state: State[Any], deadline: datetime) -> None:
+async def _expire(m: Machine[Any, Any, Any], state: State[Any], deadline: datetime) -> None:
     d = m._def
     clock = d.clock
     await clock.sleep(max(0.0, (deadline - clock.now()).total_seconds()))
